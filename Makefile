@@ -1,0 +1,34 @@
+# `make test`: fresh machine -> venv with CPU torch -> requirements -> system readers -> pytest.
+# `make demo`: the bundled workflow on the built-in demo model through a real ComfyUI server.
+PY      ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+APT_PKGS := ffmpeg openimageio-tools chromium
+
+.PHONY: test demo venv system-deps bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-test.txt
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	# torch first, pinned: it resolves to the local CPU wheel instead of GBs of CUDA packages.
+	$(VPY) -m pip install -q torch==2.13.0
+	$(VPY) -m pip install -q -r requirements.txt -r requirements-test.txt
+	touch $@
+
+system-deps:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing system packages:$$missing (install them as root; their tests will be skipped)"; fi; \
+	fi
+
+test: venv system-deps
+	$(VPY) -m pytest -q tests
+
+demo: venv
+	$(VPY) -m layert2v_core.demo_run
+
+clean:
+	rm -rf $(VENV) .cache test-output
