@@ -58,12 +58,15 @@ def latent_frames(num_frames: int) -> int:
 
 
 def validate_frames(num_frames: int) -> None:
-    if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % VAE_TIME_STRIDE:
-        lo = max(1, (int(num_frames) - 1) // 4 * 4 + 1) if isinstance(num_frames, int) and num_frames > 0 else 1
-        raise LayoutError(
-            f"frames={num_frames!r} is not valid: the Wan VAE needs 4k+1 frames (1, 5, 9, 13, 17, ...); "
-            f"nearest valid values are {lo} and {lo + 4}"
-        )
+    if isinstance(num_frames, int) and num_frames >= 1 and (num_frames - 1) % VAE_TIME_STRIDE == 0:
+        return
+    lower = 1
+    if isinstance(num_frames, int) and num_frames > 1:
+        lower = (num_frames - 1) // VAE_TIME_STRIDE * VAE_TIME_STRIDE + 1
+    raise LayoutError(
+        f"frames={num_frames!r} is not valid: the Wan VAE needs 4k+1 frames (1, 5, 9, 13, 17, ...); "
+        f"nearest valid values are {lower} and {lower + VAE_TIME_STRIDE}"
+    )
 
 
 def validate_size(name: str, value: int, multiple: int = 16) -> None:
