@@ -6,21 +6,22 @@ import torch
 from diffusers import AutoencoderKLWan
 
 
-def latent_stats(vae: AutoencoderKLWan, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, std) shaped (1, C, 1, 1, 1) from the VAE config, on like's device and dtype."""
-    mean = torch.tensor(vae.config.latents_mean, device=like.device, dtype=like.dtype)
-    std = torch.tensor(vae.config.latents_std, device=like.device, dtype=like.dtype)
-    return mean.view(1, -1, 1, 1, 1), std.view(1, -1, 1, 1, 1)
+def latent_stats(vae: AutoencoderKLWan, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) of the Wan latent channels from the VAE config, shaped (1, C, 1, 1, 1), float32."""
+    mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32, device=device).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std, dtype=torch.float32, device=device).view(1, -1, 1, 1, 1)
+    return mean, std
 
 
-def normalize(vae: AutoencoderKLWan, z: torch.Tensor) -> torch.Tensor:
-    mean, std = latent_stats(vae, z)
-    return (z - mean) / std
+def normalize_latent(z: torch.Tensor, vae: AutoencoderKLWan) -> torch.Tensor:
+    """Raw VAE latent -> the normalized latent the DiT sees (same for RGB and mask segments)."""
+    mean, std = latent_stats(vae, z.device)
+    return ((z.float() - mean) / std).to(z.dtype)
 
 
-def denormalize(vae: AutoencoderKLWan, z: torch.Tensor) -> torch.Tensor:
-    mean, std = latent_stats(vae, z)
-    return z * std + mean
+def denormalize_latent(z: torch.Tensor, vae: AutoencoderKLWan) -> torch.Tensor:
+    mean, std = latent_stats(vae, z.device)
+    return (z.float() * std + mean).to(z.dtype)
 
 
 def frames_to_vae_input(frames: torch.Tensor) -> torch.Tensor:
@@ -38,11 +39,11 @@ def encode_frames(vae: AutoencoderKLWan, frames: torch.Tensor) -> torch.Tensor:
     """RGB frames (F, H, W, 3) in [0, 1] -> normalized latent (1, 16, T', H/8, W/8), deterministic (mode)."""
     x = frames_to_vae_input(frames).to(device=vae.device, dtype=vae.dtype)
     z = vae.encode(x).latent_dist.mode()
-    return normalize(vae, z.float())
+    return normalize_latent(z.float(), vae)
 
 
 @torch.no_grad()
 def decode_latent(vae: AutoencoderKLWan, z: torch.Tensor) -> torch.Tensor:
     """Normalized latent (1, 16, T', h, w) -> RGB frames (F, H, W, 3) in [0, 1]."""
-    video = vae.decode(denormalize(vae, z.float()).to(device=vae.device, dtype=vae.dtype)).sample
+    video = vae.decode(denormalize_latent(z.float(), vae).to(device=vae.device, dtype=vae.dtype)).sample
     return vae_output_to_frames(video)

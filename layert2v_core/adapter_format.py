@@ -1,0 +1,212 @@
+"""The LayerT2V adapter format: everything a trained LayerT2V adds to Wan2.1, as safetensors + JSON.
+
+Folder form (what training writes):
+    layert2v_config.json        LayerT2VConfig.to_json(): routing preset, layout limits, LoRA ranks
+    dit_adapter.safetensors     LayeredWanTransformer.adapter_state_dict(): `layer_adaln`, `lora.*`
+    mask_adapter.safetensors    MaskVAE.mask_adapter_state_dict(): `head.*`, `decoder.*` (optional)
+
+Single-file form (what a ComfyUI user drops in a models folder): one .safetensors with tensors
+prefixed `dit.` / `mask.` and the config JSON in the header metadata, so no sidecar can go missing.
+
+Writes are atomic (temporary file or folder, then rename); reads use safetensors only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import LayerT2VConfig
+from .dit import LAYER_ADALN_KEY
+from .weight_files import (
+    WeightsError,
+    atomic_save_safetensors,
+    atomic_write_text,
+    load_safetensors,
+    read_safetensors_index,
+)
+
+CONFIG_FILE = "layert2v_config.json"
+DIT_FILE = "dit_adapter.safetensors"
+MASK_FILE = "mask_adapter.safetensors"
+FORMAT_NAME = "layert2v-adapter"
+FORMAT_VERSION = "1"
+_DIT_PREFIX, _MASK_PREFIX = "dit.", "mask."
+
+
+@dataclass
+class LayerT2VAdapter:
+    config: LayerT2VConfig
+    dit_state: dict[str, torch.Tensor]
+    mask_state: dict[str, torch.Tensor] = field(default_factory=dict)  # empty: no mask-VAE part
+    source: str = ""
+
+    def apply(self, dit, mask_vae=None) -> None:
+        """Load into a LayeredWanTransformer (built with `self.config`) and optionally a MaskVAE."""
+        _check_same_lora(dit.config, self.config, self.source)
+        dit.load_adapter_state_dict(self.dit_state)
+        if mask_vae is not None:
+            if not self.mask_state:
+                raise WeightsError(f"{self.source!r} has no mask-VAE adapter (head + decoder LoRA) to load")
+            _check_mask_lora(mask_vae, self.config, self.source)
+            mask_vae.load_mask_adapter_state_dict(self.mask_state)
+
+
+def _check_same_lora(model_config: LayerT2VConfig, config: LayerT2VConfig, where: str) -> None:
+    """A LoRA loaded under another rank/alpha/targets would fail late or, for alpha, silently rescale."""
+    fields = ("dit_lora_rank", "dit_lora_alpha", "dit_lora_targets", "max_foregrounds")
+    diff = [f"{f}: model {getattr(model_config, f)!r} vs adapter {getattr(config, f)!r}"
+            for f in fields if getattr(model_config, f) != getattr(config, f)]
+    if diff:
+        raise WeightsError(
+            f"{where!r} was saved for another DiT setup ({'; '.join(diff)}); build the LayeredWanTransformer "
+            f"with the adapter's config (adapter.config)"
+        )
+
+
+def _check_mask_lora(mask_vae, config: LayerT2VConfig, where: str) -> None:
+    ours = (mask_vae.lora_rank, mask_vae.lora_alpha)
+    theirs = (config.mask_vae_lora_rank, config.mask_vae_lora_alpha)
+    if ours != theirs:
+        raise WeightsError(
+            f"{where!r}: mask-VAE LoRA rank/alpha {theirs} but the MaskVAE has {ours}; "
+            f"build it with MaskVAE.from_config(vae, adapter.config)"
+        )
+
+
+# ---- save ---------------------------------------------------------------------------------------
+def save_layert2v_adapter(path: str | Path, dit, mask_vae=None, config: LayerT2VConfig | None = None) -> Path:
+    """Save to a folder, or to one file when `path` ends with .safetensors. Returns the path."""
+    path = Path(path)
+    config = config or dit.config
+    dit_state = dit.adapter_state_dict()
+    mask_state = mask_vae.mask_adapter_state_dict() if mask_vae is not None else {}
+    _check_adaln(dit_state, config, str(path))
+    _check_same_lora(dit.config, config, str(path))
+    if mask_vae is not None:
+        _check_mask_lora(mask_vae, config, str(path))
+    if path.suffix == ".safetensors":
+        tensors = {_DIT_PREFIX + k: v for k, v in dit_state.items()}
+        tensors.update({_MASK_PREFIX + k: v for k, v in mask_state.items()})
+        metadata = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "layert2v_config": config.to_json()}
+        atomic_save_safetensors(tensors, path, metadata=metadata)
+        return path
+    _save_folder(path, config, dit_state, mask_state)
+    return path
+
+
+def _save_folder(path: Path, config: LayerT2VConfig, dit_state: dict, mask_state: dict) -> None:
+    ours = {CONFIG_FILE, DIT_FILE, MASK_FILE}
+    if path.exists():
+        if not path.is_dir():
+            raise WeightsError(f"{str(path)!r} exists and is a file; give a folder path or a .safetensors file name")
+        foreign = sorted(p.name for p in path.iterdir() if p.name not in ours)
+        if foreign:
+            raise WeightsError(
+                f"refusing to replace {str(path)!r}: it holds other files ({', '.join(foreign[:5])}); "
+                f"save the adapter into a new or empty folder"
+            )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        atomic_write_text(staging / CONFIG_FILE, config.to_json())
+        atomic_save_safetensors(dit_state, staging / DIT_FILE, metadata={"format": FORMAT_NAME})
+        if mask_state:
+            atomic_save_safetensors(mask_state, staging / MASK_FILE, metadata={"format": FORMAT_NAME})
+        os.chmod(staging, 0o755)
+        if path.exists():  # swap folders: the old one is only removed once the new one is in place
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(staging, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, path)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+# ---- load ---------------------------------------------------------------------------------------
+def load_layert2v_adapter(path: str | Path) -> LayerT2VAdapter:
+    """Read a LayerT2V adapter folder or single file (not the authors' layout: see load_checkpoint)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"LayerT2V adapter {str(path)!r} does not exist")
+    if path.is_dir():
+        return _load_folder(path)
+    if path.suffix != ".safetensors":
+        raise WeightsError(f"{str(path)!r}: a LayerT2V adapter is a folder or a .safetensors file")
+    index = read_safetensors_index(path)
+    if index.metadata.get("format") != FORMAT_NAME or "layert2v_config" not in index.metadata:
+        from .wan_keys import describe_keys
+
+        raise WeightsError(
+            f"{str(path)!r} is not a LayerT2V adapter (no {FORMAT_NAME!r} metadata); it looks like "
+            f"{describe_keys(index.shapes, index.shapes)}"
+        )
+    config = _parse_config(index.metadata["layert2v_config"], f"{path} (metadata)")
+    tensors = load_safetensors(path)
+    dit_state = {k[len(_DIT_PREFIX):]: v for k, v in tensors.items() if k.startswith(_DIT_PREFIX)}
+    mask_state = {k[len(_MASK_PREFIX):]: v for k, v in tensors.items() if k.startswith(_MASK_PREFIX)}
+    _check_adaln(dit_state, config, str(path))
+    return LayerT2VAdapter(config, dit_state, mask_state, source=str(path))
+
+
+def _load_folder(folder: Path) -> LayerT2VAdapter:
+    config_path = folder / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"{str(folder)!r} is not a LayerT2V adapter folder: {CONFIG_FILE} is missing "
+            f"(expected {CONFIG_FILE}, {DIT_FILE} and optionally {MASK_FILE})"
+        )
+    config = _parse_config(config_path.read_text(encoding="utf-8"), str(config_path))
+    dit_path = folder / DIT_FILE
+    if not dit_path.is_file():
+        raise FileNotFoundError(f"LayerT2V adapter folder {str(folder)!r} has no {DIT_FILE}")
+    dit_state = load_safetensors(dit_path)
+    mask_path = folder / MASK_FILE
+    mask_state = load_safetensors(mask_path) if mask_path.is_file() else {}
+    _check_adaln(dit_state, config, str(dit_path))
+    return LayerT2VAdapter(config, dit_state, mask_state, source=str(folder))
+
+
+def _parse_config(text: str, where: str) -> LayerT2VConfig:
+    try:
+        return LayerT2VConfig.from_json(text)
+    except json.JSONDecodeError as err:
+        raise WeightsError(f"{where} is not valid JSON: {err}") from None
+    except (TypeError, ValueError) as err:
+        raise WeightsError(f"{where} is not a valid LayerT2V config: {err}") from None
+
+
+def _check_adaln(dit_state: dict, config: LayerT2VConfig, where: str) -> None:
+    adaln = dit_state.get(LAYER_ADALN_KEY)
+    if adaln is None:
+        raise WeightsError(f"{where} has no {LAYER_ADALN_KEY!r} tensor; every LayerT2V adapter carries one")
+    if adaln.ndim != 3 or adaln.shape[0] != config.adaln_rows or adaln.shape[1] != 6:
+        raise WeightsError(
+            f"{where}: {LAYER_ADALN_KEY} has shape {tuple(adaln.shape)}; the config "
+            f"(max_foregrounds={config.max_foregrounds}) needs ({config.adaln_rows}, 6, dim)"
+        )
+
+
+# ---- any checkpoint -----------------------------------------------------------------------------
+def load_checkpoint(path: str | Path, use_ema: bool | None = None) -> LayerT2VAdapter:
+    """A LayerT2V adapter in our format or in the authors' training layout (detected)."""
+    from .authors_import import import_authors_checkpoint, is_authors_checkpoint
+
+    path = Path(path)
+    if path.is_dir() and not (path / CONFIG_FILE).exists():
+        if is_authors_checkpoint(path):
+            return import_authors_checkpoint(path, use_ema=use_ema)
+        raise FileNotFoundError(
+            f"{str(path)!r} is not a LayerT2V checkpoint folder: expected {CONFIG_FILE} + {DIT_FILE} (ours) or "
+            f"adapter_config.json + adapter_model.safetensors (the authors' training layout)"
+        )
+    return load_layert2v_adapter(path)

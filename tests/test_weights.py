@@ -1,0 +1,337 @@
+import argparse
+import json
+import os
+
+import pytest
+import torch
+from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+from safetensors.torch import save_file
+
+from layert2v_core.adapter_format import (
+    CONFIG_FILE,
+    DIT_FILE,
+    load_checkpoint,
+    load_layert2v_adapter,
+    save_layert2v_adapter,
+)
+from layert2v_core.authors_import import import_authors_checkpoint
+from layert2v_core.config import LayerT2VConfig
+from layert2v_core.dit import LayeredWanTransformer
+from layert2v_core.mask_vae import MaskVAE
+from layert2v_core.tiny import TINY_TRANSFORMER_CONFIG, NARROW_WAN21_VAE_CONFIG, build_tiny_transformer, build_tiny_vae
+from layert2v_core.wan_keys import dit_key_to_original, vae_key_to_original
+from layert2v_core.weight_files import CorruptWeightsError, UnsafePickleError, WeightsError, WrongModelError
+from layert2v_core.weights import (
+    build_transformer_from_config,
+    build_vae_from_config,
+    load_wan_transformer,
+    load_wan_vae,
+    shipped_config,
+)
+
+COMFY_PREFIX = "model.diffusion_model."
+
+
+def distinct_values(state: dict) -> dict:
+    """Every tensor filled with its own constant (exact in bf16), so a swapped or misnamed tensor shows up."""
+    assert len(state) <= 256
+    return {k: torch.full(v.shape, i / 4.0) for i, (k, v) in enumerate(state.items())}
+
+
+def first_values(model) -> dict:
+    return {k: float(v.flatten()[0]) for k, v in model.state_dict().items()}
+
+
+# ---- shipped configs ------------------------------------------------------------------------------
+def test_shipped_transformer_config_is_wan21_t2v_1_3b():
+    model = build_transformer_from_config(shipped_config("transformer"), device="meta")
+    c = model.config
+    assert (tuple(c.patch_size), c.num_attention_heads, c.attention_head_dim, c.num_layers) == ((1, 2, 2), 12, 128, 30)
+    assert (c.in_channels, c.out_channels, c.text_dim, c.freq_dim, c.ffn_dim) == (16, 16, 4096, 256, 8960)
+    assert c.cross_attn_norm and c.qk_norm == "rms_norm_across_heads" and c.eps == 1e-6 and c.rope_max_seq_len == 1024
+    assert sum(p.numel() for p in model.parameters()) == 1_418_996_800  # the published 1.3B (1.42B with embeddings)
+
+
+def test_shipped_vae_config_is_the_wan21_vae():
+    shipped = shipped_config("vae")
+    defaults = dict(build_vae_from_config({}, device="meta").config)  # AutoencoderKLWan() = the Wan2.1 VAE
+    for key, value in shipped.items():
+        if not key.startswith("_"):
+            assert defaults[key] == pytest.approx(value), key
+    model = build_vae_from_config(shipped, device="meta")
+    assert sum(p.numel() for p in model.parameters()) == 126_892_531
+
+
+# ---- Wan2.1 DiT ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def real_width_dit_file(tmp_path_factory):
+    """2 blocks of the real 1.3B at full width, in ComfyUI's original key names with its prefix, bf16."""
+    config = {**shipped_config("transformer"), "num_layers": 2}
+    reference = distinct_values(build_transformer_from_config(config, device="meta").state_dict())
+    path = tmp_path_factory.mktemp("dit") / "wan2.1_t2v_1.3B_bf16.safetensors"
+    save_file({COMFY_PREFIX + dit_key_to_original(k): v.bfloat16() for k, v in reference.items()}, str(path))
+    return path, {k: float(v.flatten()[0].bfloat16()) for k, v in reference.items()}
+
+
+def test_real_width_comfy_dit_file_loads_every_tensor_in_place(real_width_dit_file):
+    path, expected = real_width_dit_file
+    model = load_wan_transformer(path, dtype=torch.bfloat16, num_layers=2)
+    assert set(model.state_dict()) == set(expected)  # nothing missing, nothing unexpected
+    assert first_values(model) == expected           # and each tensor under its own name
+    assert model.blocks[0].attn1.to_q.weight.dtype == torch.bfloat16
+    assert model.scale_shift_table.dtype == torch.float32  # diffusers' keep-in-fp32 modules, as from_pretrained
+
+
+def test_dit_file_without_prefix_and_diffusers_folder(tmp_path):
+    source = build_tiny_transformer(seed=3)
+    plain = tmp_path / "dit.safetensors"
+    save_file({dit_key_to_original(k): v for k, v in source.state_dict().items()}, str(plain))
+    loaded = load_wan_transformer(plain, dtype=torch.float32, **TINY_TRANSFORMER_CONFIG)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in source.state_dict().items())
+
+    source.save_pretrained(tmp_path / "pipeline" / "transformer")
+    from_folder = load_wan_transformer(tmp_path / "pipeline", dtype=torch.float32)
+    assert all(torch.equal(from_folder.state_dict()[k], v) for k, v in source.state_dict().items())
+
+
+def test_dit_file_for_other_block_count_names_the_mismatch(real_width_dit_file):
+    path, _ = real_width_dit_file
+    with pytest.raises(WrongModelError, match=r"missing .*1.3B DiT with 16 input channels, 2 blocks.*30 blocks"):
+        load_wan_transformer(path)  # shipped config: 30 blocks
+
+
+def test_dit_file_with_a_missing_tensor_is_refused(tmp_path):
+    state = {dit_key_to_original(k): v for k, v in build_tiny_transformer().state_dict().items()}
+    del state["blocks.1.ffn.2.weight"]
+    save_file(state, str(tmp_path / "dit.safetensors"))
+    with pytest.raises(WrongModelError, match=r"1 missing \(e.g. blocks.1.ffn.net.2.weight\)"):
+        load_wan_transformer(tmp_path / "dit.safetensors", **TINY_TRANSFORMER_CONFIG)
+
+
+# ---- Wan2.1 VAE ---------------------------------------------------------------------------------------
+def test_real_vae_original_names_convert_to_every_diffusers_tensor():
+    """Full-size Wan2.1 VAE on the meta device: original names -> diffusers' converter -> the model's own."""
+    model = build_vae_from_config(shipped_config("vae"), device="meta")
+    state = model.state_dict()
+    original = {vae_key_to_original(k): v for k, v in state.items()}
+    assert "decoder.upsamples.4.shortcut.weight" in original and "encoder.downsamples.0.residual.2.weight" in original
+    converted = convert_wan_vae_to_diffusers(original)
+    assert {k: tuple(v.shape) for k, v in converted.items()} == {k: tuple(v.shape) for k, v in state.items()}
+
+
+@pytest.fixture(scope="module")
+def narrow_vae_files(tmp_path_factory):
+    source = build_tiny_vae(seed=5, narrow_wan21=True)
+    folder = tmp_path_factory.mktemp("vae")
+    original = {vae_key_to_original(k): v for k, v in distinct_values(source.state_dict()).items()}
+    save_file(original, str(folder / "wan_2.1_vae.safetensors"))
+    torch.save(original, folder / "Wan2.1_VAE.pth")
+    return folder, {k: float(v.flatten()[0]) for k, v in distinct_values(source.state_dict()).items()}
+
+
+@pytest.mark.parametrize("name", ["wan_2.1_vae.safetensors", "Wan2.1_VAE.pth"])
+def test_vae_single_file_loads_every_tensor_in_place(narrow_vae_files, name):
+    folder, expected = narrow_vae_files
+    model = load_wan_vae(folder / name, **NARROW_WAN21_VAE_CONFIG)
+    assert first_values(model) == expected
+
+
+def test_vae_given_as_dit_and_dit_given_as_vae(narrow_vae_files, real_width_dit_file):
+    folder, _ = narrow_vae_files
+    with pytest.raises(WrongModelError, match="looks like a Wan VAE, not a Wan2.1 transformer"):
+        load_wan_transformer(folder / "wan_2.1_vae.safetensors")
+    dit_path, _ = real_width_dit_file
+    with pytest.raises(WrongModelError, match="looks like a Wan2.1 1.3B DiT .*not a Wan2.1 vae"):
+        load_wan_vae(dit_path)
+
+
+# ---- bad files ----------------------------------------------------------------------------------------
+def test_truncated_file_names_the_file(tmp_path):
+    path = tmp_path / "wan2.1_t2v_1.3B_fp16.safetensors"
+    save_file({dit_key_to_original(k): v for k, v in build_tiny_transformer().state_dict().items()}, str(path))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptWeightsError, match=r"wan2.1_t2v_1.3B_fp16.safetensors.*truncated"):
+        load_wan_transformer(path, **TINY_TRANSFORMER_CONFIG)
+
+
+def test_scaled_fp8_and_missing_and_unknown_files(tmp_path):
+    state = {COMFY_PREFIX + dit_key_to_original(k): v for k, v in build_tiny_transformer().state_dict().items()}
+    state[COMFY_PREFIX + "scaled_fp8"] = torch.zeros(2)
+    save_file(state, str(tmp_path / "fp8.safetensors"))
+    with pytest.raises(WeightsError, match="scaled-fp8"):
+        load_wan_transformer(tmp_path / "fp8.safetensors", **TINY_TRANSFORMER_CONFIG)
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        load_wan_transformer(tmp_path / "nope.safetensors")
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    with pytest.raises(WeightsError, match="expected a .safetensors file"):
+        load_wan_vae(tmp_path / "model.gguf")
+
+
+def test_unsafe_pickle_is_refused(tmp_path):
+    path = tmp_path / "Wan2.1_VAE.pth"
+    torch.save({"decoder.conv1.weight": torch.zeros(1), "opts": argparse.Namespace(x=1)}, path)
+    with pytest.raises(UnsafePickleError, match=r"Wan2.1_VAE.pth.*argparse.Namespace"):
+        load_wan_vae(path)
+
+
+# ---- LayerT2V adapter format --------------------------------------------------------------------------
+def make_trained(seed: int, max_foregrounds: int = 1, narrow_vae: bool = False):
+    """A tiny LayeredWanTransformer + MaskVAE whose adapter tensors are all random (as if trained)."""
+    config = LayerT2VConfig(max_foregrounds=max_foregrounds, dit_lora_rank=4, dit_lora_alpha=8.0,
+                            mask_vae_lora_rank=2, mask_vae_lora_alpha=2.0)
+    dit = LayeredWanTransformer(build_tiny_transformer(seed=0), config)
+    dit.add_lora()
+    mask_vae = MaskVAE.from_config(build_tiny_vae(seed=0, narrow_wan21=narrow_vae), config)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in dit.trainable_parameters() + mask_vae.trainable_parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    return dit, mask_vae
+
+
+def fresh_like(config: LayerT2VConfig, narrow_vae: bool = False):
+    return (LayeredWanTransformer(build_tiny_transformer(seed=0), config),
+            MaskVAE.from_config(build_tiny_vae(seed=0, narrow_wan21=narrow_vae), config))
+
+
+def assert_same_tensors(a: dict, b: dict):
+    assert set(a) == set(b)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+@pytest.mark.parametrize("name", ["adapter", "layert2v_adapter.safetensors"])
+def test_adapter_save_load_round_trip(tmp_path, name):
+    dit, mask_vae = make_trained(seed=1, max_foregrounds=2)
+    path = save_layert2v_adapter(tmp_path / name, dit, mask_vae)
+    assert sorted(os.listdir(tmp_path)) == [name]  # no temporary files left behind
+
+    adapter = load_checkpoint(path)
+    assert adapter.config == dit.config
+    new_dit, new_mask = fresh_like(adapter.config)
+    adapter.apply(new_dit, new_mask)
+    assert_same_tensors(new_dit.adapter_state_dict(), dit.adapter_state_dict())
+    assert_same_tensors(new_mask.mask_adapter_state_dict(), mask_vae.mask_adapter_state_dict())
+
+
+def test_adapter_folder_is_replaced_whole_and_foreign_folders_are_kept(tmp_path):
+    first, mask_vae = make_trained(seed=1)
+    second, _ = make_trained(seed=2)
+    save_layert2v_adapter(tmp_path / "ckpt", first, mask_vae)
+    save_layert2v_adapter(tmp_path / "ckpt", second)  # overwrite, now without a mask part
+    assert sorted(os.listdir(tmp_path / "ckpt")) == sorted([CONFIG_FILE, DIT_FILE])
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+    assert_same_tensors(load_layert2v_adapter(tmp_path / "ckpt").dit_state, second.adapter_state_dict())
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(WeightsError, match="notes.txt"):
+        save_layert2v_adapter(tmp_path / "mine", first)
+
+
+def test_bad_adapters_are_named(tmp_path):
+    dit, _ = make_trained(seed=1)
+    folder = save_layert2v_adapter(tmp_path / "a", dit)
+    (folder / CONFIG_FILE).write_text("{not json")
+    with pytest.raises(WeightsError, match=f"{CONFIG_FILE} is not valid JSON"):
+        load_layert2v_adapter(folder)
+    (folder / CONFIG_FILE).write_text(json.dumps({"max_foregrounds": 2}))  # adaln has 4 rows, config wants 6
+    with pytest.raises(WeightsError, match=r"layer_adaln has shape \(4, 6, 32\).*max_foregrounds=2"):
+        load_layert2v_adapter(folder)
+    save_file({"blocks.0.attn1.to_q.lora_A.weight": torch.zeros(2, 2)}, str(tmp_path / "lora.safetensors"))
+    with pytest.raises(WeightsError, match="not a LayerT2V adapter .*looks like a LoRA"):
+        load_layert2v_adapter(tmp_path / "lora.safetensors")
+    with pytest.raises(FileNotFoundError, match=CONFIG_FILE):
+        load_layert2v_adapter(tmp_path)
+
+
+def test_mask_part_missing_is_reported_when_asked_for(tmp_path):
+    dit, mask_vae = make_trained(seed=1)
+    adapter = load_layert2v_adapter(save_layert2v_adapter(tmp_path / "a", dit))
+    with pytest.raises(WeightsError, match="no mask-VAE adapter"):
+        adapter.apply(fresh_like(adapter.config)[0], mask_vae)
+
+
+# ---- the authors' checkpoint layout -------------------------------------------------------------------
+def authors_names(dit_state: dict) -> dict:
+    """Our adapter tensors renamed the way we ASSUME the authors' PEFT folder names them."""
+    out = {}
+    for key, tensor in dit_state.items():
+        if key == "layer_adaln":
+            out["base_model.model.layer_adaln.weight"] = tensor
+        else:
+            path, role = key[len("lora."):].rsplit(".", 2)[:2]
+            out[f"base_model.model.{dit_key_to_original(path + '.weight')[:-len('.weight')]}.{role}.weight"] = tensor
+    return out
+
+
+def write_authors_checkpoint(folder, dit, mask_vae, ema_dit=None, mask_config=None):
+    folder.mkdir()
+    save_file(authors_names(dit.adapter_state_dict()), str(folder / "adapter_model.safetensors"))
+    (folder / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q", "k", "v", "o", "ffn.0", "ffn.2"],
+         "modules_to_save": ["layer_adaln"]}))
+    if ema_dit is not None:
+        (folder / "ema").mkdir()
+        ema = {"state_dict": authors_names(ema_dit.adapter_state_dict()), "step": 100}
+        torch.save(ema, folder / "ema" / "ema_model.pt")
+    mask_state = mask_vae.mask_adapter_state_dict()
+    decoder_lora = {}
+    for key, tensor in mask_state.items():
+        if key.startswith("decoder."):
+            path, role = key.rsplit(".", 2)[:2]
+            original = vae_key_to_original(path + ".weight")[:-len(".weight")]
+            decoder_lora[f"{original}.{'lora_down' if role == 'lora_A' else 'lora_up'}.weight"] = tensor
+    torch.save({"project_in": {"weight": mask_state["head.weight"][:, :, 0, 0, 0], "bias": mask_state["head.bias"]},
+                "decoder_lora": decoder_lora, "config": mask_config or {"rank": 2, "alpha": 2.0}},
+               folder / "mask_vae_lora.pt")
+
+
+def test_authors_checkpoint_imports_into_our_models(tmp_path):
+    dit, mask_vae = make_trained(seed=1, narrow_vae=True)
+    ema_dit, _ = make_trained(seed=9)
+    write_authors_checkpoint(tmp_path / "ckpt", dit, mask_vae, ema_dit=ema_dit)
+
+    adapter = load_checkpoint(tmp_path / "ckpt")  # detected; EMA preferred when present
+    c = adapter.config
+    assert (c.max_foregrounds, c.routing, c.dit_lora_rank, c.dit_lora_alpha) == (1, "official", 4, 8.0)
+    assert (c.mask_vae_lora_rank, c.mask_vae_lora_alpha, c.extra["weights"]) == (2, 2.0, "ema")
+    assert set(c.dit_lora_targets) == {f"attn{i}.{m}" for i in (1, 2) for m in ("to_q", "to_k", "to_v", "to_out.0")} | {
+        "ffn.net.0.proj", "ffn.net.2"}
+
+    new_dit, new_mask = fresh_like(c, narrow_vae=True)
+    adapter.apply(new_dit, new_mask)
+    assert_same_tensors(new_dit.adapter_state_dict(), ema_dit.adapter_state_dict())
+    assert_same_tensors(new_mask.mask_adapter_state_dict(), mask_vae.mask_adapter_state_dict())
+
+    no_ema = import_authors_checkpoint(tmp_path / "ckpt", use_ema=False)
+    assert_same_tensors(no_ema.dit_state, dit.adapter_state_dict())
+
+
+def test_authors_checkpoint_with_unsafe_pickle_is_refused(tmp_path):
+    dit, mask_vae = make_trained(seed=1, narrow_vae=True)
+    write_authors_checkpoint(tmp_path / "ckpt", dit, mask_vae, mask_config=argparse.Namespace(rank=2))
+    with pytest.raises(UnsafePickleError, match=r"mask_vae_lora.pt.*argparse.Namespace"):
+        load_checkpoint(tmp_path / "ckpt")
+
+
+def test_authors_checkpoint_with_wrong_rank_is_refused(tmp_path):
+    dit, mask_vae = make_trained(seed=1, narrow_vae=True)
+    write_authors_checkpoint(tmp_path / "ckpt", dit, mask_vae)
+    config = json.loads((tmp_path / "ckpt" / "adapter_config.json").read_text())
+    (tmp_path / "ckpt" / "adapter_config.json").write_text(json.dumps({**config, "r": 196}))
+    with pytest.raises(WeightsError, match=r"rank\(s\) \[4\] but adapter_config.json says r=196"):
+        load_checkpoint(tmp_path / "ckpt")
+
+
+def test_adapter_for_another_lora_setup_is_refused(tmp_path):
+    dit, mask_vae = make_trained(seed=1)
+    adapter = load_layert2v_adapter(save_layert2v_adapter(tmp_path / "a", dit, mask_vae))
+    other = LayerT2VConfig(max_foregrounds=1, dit_lora_rank=8, dit_lora_alpha=8.0,
+                           mask_vae_lora_rank=2, mask_vae_lora_alpha=4.0)
+    other_dit, other_mask = fresh_like(other)
+    with pytest.raises(WeightsError, match="dit_lora_rank: model 8 vs adapter 4"):
+        adapter.apply(other_dit)
+    with pytest.raises(WeightsError, match=r"mask-VAE LoRA rank/alpha \(2, 2.0\) but the MaskVAE has \(2, 4.0\)"):
+        adapter.apply(fresh_like(adapter.config)[0], other_mask)
