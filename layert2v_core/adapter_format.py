@@ -52,10 +52,14 @@ class LayerT2VAdapter:
         _check_same_lora(dit.config, self.config, self.source)
         dit.load_adapter_state_dict(self.dit_state)
         if mask_vae is not None:
-            if not self.mask_state:
-                raise WeightsError(f"{self.source!r} has no mask-VAE adapter (head + decoder LoRA) to load")
-            _check_mask_lora(mask_vae, self.config, self.source)
-            mask_vae.load_mask_adapter_state_dict(self.mask_state)
+            self.apply_mask(mask_vae)
+
+    def apply_mask(self, mask_vae) -> None:
+        """Load the head + decoder LoRA into a MaskVAE built with `self.config`."""
+        if not self.mask_state:
+            raise WeightsError(f"{self.source!r} has no mask-VAE adapter (head + decoder LoRA) to load")
+        _check_mask_lora(mask_vae, self.config, self.source)
+        mask_vae.load_mask_adapter_state_dict(self.mask_state)
 
 
 def _check_same_lora(model_config: LayerT2VConfig, config: LayerT2VConfig, where: str) -> None:

@@ -92,7 +92,7 @@ class LayerT2VPipeline:
         if self.text_encoder is None:
             raise ValueError("text_encoder: this pipeline has none; pass precomputed LayerConditioning instead")
         names = list(prompts.slots())
-        cond, uncond = encode_layer_prompts(self.text_encoder, prompts.slots(), names, prompts.negative)
+        cond, uncond = encode_layer_prompts(prompts.slots(), names, prompts.negative, encoder=self.text_encoder)
         return LayerConditioning(cond=cond[None], uncond=uncond[None] if guided else None,
                                  prompts=prompts.slots(), negative=prompts.negative)
 

@@ -117,3 +117,50 @@ def save_tiny_text_encoder(folder: str | Path, seed: int = 0) -> Path:
     tokenizer.save_pretrained(folder)
     model.save_pretrained(folder)
     return folder
+
+
+TINY_TEXT_LEN = 16
+
+
+def write_tiny_model_files(folder: str | Path, max_foregrounds: int = 2, routing: str = "paper", seed: int = 0) -> dict:
+    """Every file a generation needs, with random tiny weights, laid out as a user would have them:
+    DiT and VAE single files (config in the header), a LayerT2V adapter folder, a text-encoder folder.
+    LayerAdaLN and LoRA get small random values so the layers differ as in a trained model."""
+    from .adapter_format import save_layert2v_adapter
+    from .config import LayerT2VConfig
+    from .dit import LayeredWanTransformer
+    from .mask_vae import MaskVAE
+    from .weights import save_with_config
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = LayerT2VConfig(max_foregrounds=max_foregrounds, routing=routing, text_len=TINY_TEXT_LEN,
+                            dit_lora_rank=4, dit_lora_alpha=4.0, mask_vae_lora_rank=2, mask_vae_lora_alpha=2.0)
+    base, vae = build_tiny_transformer(seed), build_tiny_vae(seed)
+    dit = LayeredWanTransformer(base, config)
+    dit.add_lora()
+    mask_vae = MaskVAE.from_config(vae, config)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed + 1)
+        dit.layer_adaln.normal_(std=0.5)
+        for p in dit.trainable_parameters()[1:] + mask_vae.trainable_parameters():
+            p.normal_(std=0.02)
+    paths = {
+        "dit": folder / "tiny_wan_dit.safetensors",
+        "vae": folder / "tiny_wan_vae.safetensors",
+        "adapter": folder / "tiny_layert2v",
+        "text_encoder": folder / "tiny_umt5",
+    }
+    save_with_config(_without_lora(base), paths["dit"])
+    save_with_config(vae, paths["vae"])
+    save_layert2v_adapter(paths["adapter"], dit, mask_vae)
+    save_tiny_text_encoder(paths["text_encoder"], seed=seed)
+    return paths
+
+
+def _without_lora(model: WanTransformer3DModel) -> WanTransformer3DModel:
+    """A copy of a peft-wrapped diffusers model with its base weights only (the adapter goes elsewhere)."""
+    clean = WanTransformer3DModel.from_config(model.config)
+    state = {k.replace(".base_layer", ""): v for k, v in model.state_dict().items() if "lora_" not in k}
+    clean.load_state_dict(state)
+    return clean

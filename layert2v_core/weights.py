@@ -18,9 +18,11 @@ from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffu
 from . import wan_keys
 from .weight_files import (
     PICKLE_SUFFIXES,
+    CorruptWeightsError,
     WeightsError,
     TensorIndex,
     WrongModelError,
+    atomic_save_safetensors,
     load_any_weights,
     read_safetensors_index,
 )
@@ -108,10 +110,36 @@ def _load(component: _Component, path, dtype, device, config_dir, overrides):
     if path.is_dir():  # a diffusers folder carries its own config
         model = _load_diffusers_folder(component, path, dtype)
     else:
+        overrides = {**embedded_config(path, component), **overrides}
         config = {**shipped_config(component.name, config_dir), **overrides}
         model = _load_single_file(component, path, dtype, device, config_dir, overrides, config)
     _check_nothing_left_empty(model, path, component)
     return model.to(device).eval()
+
+
+EMBEDDED_CONFIG_KEY = "diffusers_config"
+
+
+def embedded_config(path: Path, component: _Component) -> dict:
+    """Config stored in a single file's safetensors header by `save_with_config` (small and demo
+    models whose widths differ from Wan2.1-1.3B); empty for ComfyUI's files."""
+    if path.suffix != ".safetensors":
+        return {}
+    text = read_safetensors_index(path).metadata.get(EMBEDDED_CONFIG_KEY)
+    if not text:
+        return {}
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CorruptWeightsError(f"{str(path)!r}: its embedded {EMBEDDED_CONFIG_KEY} is not valid JSON ({err})") from None
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
+def save_with_config(model: torch.nn.Module, path: str | Path) -> None:
+    """One .safetensors with diffusers key names and the model config in the header, atomically."""
+    config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
+    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    atomic_save_safetensors(tensors, path, metadata={EMBEDDED_CONFIG_KEY: json.dumps(config)})
 
 
 def _expected_shapes(component: _Component, config: dict) -> dict[str, tuple[int, ...]]:

@@ -20,8 +20,9 @@ FRAME_DIGITS = 5
 
 
 def frame_pattern(prefix: str, ext: str, frame_count: int, first_frame: int) -> str:
+    """printf-style name (`fg.%05d.png`), the form Nuke, oiiotool and ffmpeg all read."""
     digits = max(FRAME_DIGITS, len(str(first_frame + frame_count - 1)))
-    return f"{prefix}.%0{digits}d.{ext}"
+    return f"{prefix.replace('%', '%%')}.%0{digits}d.{ext}"
 
 
 def write_sequence(
@@ -41,6 +42,10 @@ def write_sequence(
     """Encode `frames` into `folder/prefix.00000.ext`...; returns `record` with its final path."""
     folder = Path(folder)
     prefix = prefix or folder.name
+    if "/" in prefix or "\\" in prefix:
+        raise ValueError(f"prefix must be a file name prefix without folders, got {prefix!r}")
+    if isinstance(first_frame, bool) or not isinstance(first_frame, int) or first_frame < 0:
+        raise ValueError(f"first_frame must be an integer >= 0, got {first_frame!r}")
     total = record.frame_count
     record.pattern = frame_pattern(prefix, ext, total, first_frame)
     record.first_frame = first_frame
