@@ -65,6 +65,10 @@ class LayerFrames:
     def foreground(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.rgb[f"{FOREGROUND}_{k}"], self.alpha[f"{MASK}_{k}"]
 
+    def alpha_by_layer(self) -> dict[str, torch.Tensor]:
+        """Alpha keyed by the RGB layer it belongs to (foreground_k), as the exporters take it."""
+        return {f"{FOREGROUND}_{s.foreground}": self.alpha[s.name] for s in self.layout.segments_of_kind(MASK)}
+
 
 class LayerT2VPipeline:
     def __init__(self, dit: LayeredWanTransformer, vae, mask_vae, text_encoder=None, device="cpu"):

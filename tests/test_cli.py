@@ -1,0 +1,47 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from layert2v_core.tiny import write_tiny_model_files
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "layert2v_core", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+
+
+def test_cli_refuses_without_weights(tmp_path):
+    res = run_cli("generate", "--prompt", "a cat", "--bg-prompt", "grass", "--fg-prompt", "a cat", "--out", str(tmp_path))
+    assert res.returncode != 0
+    assert "--dit" in res.stderr and "nothing is downloaded" in res.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_generates_a_layer_set(tmp_path):
+    paths = write_tiny_model_files(tmp_path / "models", max_foregrounds=2)
+    out = tmp_path / "out"
+    res = run_cli("generate", "--prompt", "a dog and a bird", "--bg-prompt", "beach", "--fg-prompt", "a dog",
+                  "--fg-prompt", "a bird", "--frames", "5", "--width", "32", "--height", "32", "--steps", "2",
+                  "--formats", "png8,prores", "--dit", str(paths["dit"]), "--vae", str(paths["vae"]),
+                  "--adapter", str(paths["adapter"]), "--text-encoder", str(paths["text_encoder"]), "--out", str(out))
+    assert res.returncode == 0, res.stderr[-2000:]
+    folder = Path(res.stdout.strip().split("wrote ", 1)[1])
+    manifest = json.loads((folder / "layers.json").read_text())
+    names = {layer["name"] for layer in manifest["layers"]}
+    assert {"full", "background", "foreground_1", "foreground_2"} <= names
+    assert manifest["frame_count"] == 5 and manifest["seed"] == 0
+
+
+def test_cli_bad_frames_names_parameter_and_writes_nothing(tmp_path):
+    paths = write_tiny_model_files(tmp_path / "models", max_foregrounds=1)
+    out = tmp_path / "out"
+    res = run_cli("generate", "--prompt", "a", "--bg-prompt", "b", "--fg-prompt", "c", "--frames", "8",
+                  "--dit", str(paths["dit"]), "--vae", str(paths["vae"]), "--adapter", str(paths["adapter"]),
+                  "--text-encoder", str(paths["text_encoder"]), "--out", str(out))
+    assert res.returncode == 2 and "frames=8" in res.stderr
+    assert not out.exists() or not any(out.iterdir())
