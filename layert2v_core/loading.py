@@ -69,3 +69,29 @@ def load_layer_vae(vae_path: str | Path, adapter_path: Optional[str | Path] = No
 
 def load_text_encoder(folder: str | Path, text_len: int = 512, dtype: str = "bf16", device: str = "cpu") -> TextEncoder:
     return TextEncoder.from_folder(folder, text_len=text_len, dtype=parse_dtype(dtype), device=device)
+
+
+@dataclass
+class LayerT2VModel:
+    """A layered DiT plus the latent statistics of the VAE it was trained with: what the ComfyUI
+    model socket carries, so a sampler can hand out raw latents (ComfyUI's LATENT convention)."""
+    dit: LayeredWanTransformer
+    latents_mean: list[float]
+    latents_std: list[float]
+    name: str = ""
+    device: str = "cpu"   # where sampling runs; the DiT waits on the CPU in between
+
+    @classmethod
+    def from_dit(cls, dit: LayeredWanTransformer, name: str = "") -> "LayerT2VModel":
+        from .weights import shipped_config
+
+        stats = dit.config.extra.get("latents_mean"), dit.config.extra.get("latents_std")
+        if None in stats:  # Wan2.1's own VAE statistics, from the shipped config
+            vae_config = shipped_config("vae")
+            stats = vae_config["latents_mean"], vae_config["latents_std"]
+        return cls(dit=dit, latents_mean=list(stats[0]), latents_std=list(stats[1]), name=name)
+
+    def to_raw(self, latent: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.latents_mean, device=latent.device).view(1, -1, 1, 1, 1)
+        std = torch.tensor(self.latents_std, device=latent.device).view(1, -1, 1, 1, 1)
+        return latent.float() * std + mean

@@ -70,6 +70,22 @@ class LayerFrames:
         return {f"{FOREGROUND}_{s.foreground}": self.alpha[s.name] for s in self.layout.segments_of_kind(MASK)}
 
 
+def encode_conditioning(prompts: LayerPrompts, encoder=None, embeddings: Optional[dict] = None,
+                        negative_embedding: Optional[torch.Tensor] = None, text_len: Optional[int] = None,
+                        guided: bool = True) -> LayerConditioning:
+    """Per-slot conditioning from our TextEncoder, or from precomputed (L, dim) embeddings per slot
+    (e.g. ComfyUI's CLIP output); both are padded/trimmed the same way."""
+    from .text import encode_layer_prompts
+
+    prompts.validate()
+    slots = prompts.slots()
+    values = {slot: (embeddings or {}).get(slot, text) for slot, text in slots.items()}
+    negative = negative_embedding if negative_embedding is not None else prompts.negative
+    cond, uncond = encode_layer_prompts(values, list(slots), negative, encoder=encoder, text_len=text_len)
+    return LayerConditioning(cond=cond[None], uncond=uncond[None] if guided else None,
+                             prompts=slots, negative=prompts.negative)
+
+
 class LayerT2VPipeline:
     def __init__(self, dit: LayeredWanTransformer, vae, mask_vae, text_encoder=None, device="cpu"):
         self.dit = dit
@@ -90,15 +106,9 @@ class LayerT2VPipeline:
 
     # ---- text --------------------------------------------------------------------------------
     def encode_prompts(self, prompts: LayerPrompts, guided: bool = True) -> LayerConditioning:
-        from .text import encode_layer_prompts
-
-        prompts.validate()
         if self.text_encoder is None:
             raise ValueError("text_encoder: this pipeline has none; pass precomputed LayerConditioning instead")
-        names = list(prompts.slots())
-        cond, uncond = encode_layer_prompts(prompts.slots(), names, prompts.negative, encoder=self.text_encoder)
-        return LayerConditioning(cond=cond[None], uncond=uncond[None] if guided else None,
-                                 prompts=prompts.slots(), negative=prompts.negative)
+        return encode_conditioning(prompts, encoder=self.text_encoder, guided=guided)
 
     # ---- denoising ---------------------------------------------------------------------------
     def denoiser(self, layout: LayerLayout):
@@ -135,6 +145,10 @@ class LayerT2VPipeline:
                 alpha[seg.name] = self.mask_vae.decode_alpha(parts[seg.name])[0, 0]
             else:
                 rgb[seg.name] = decode_latent(self.vae, parts[seg.name])
+        for seg in layout.segments_of_kind(MASK):
+            # RGB and alpha decode separately; a valid premultiplied colour never exceeds its alpha.
+            fg = f"{FOREGROUND}_{seg.foreground}"
+            rgb[fg] = torch.minimum(rgb[fg], alpha[seg.name][..., None])
         return LayerFrames(layout=layout, rgb=rgb, alpha=alpha)
 
     def encode_layer(self, frames: torch.Tensor) -> torch.Tensor:

@@ -61,3 +61,10 @@ def test_bad_requests_name_the_parameter(pipeline):
         pipeline(three, 5, 32, 32, cfg)
     with pytest.raises(ValueError, match="'background' is empty"):
         pipeline(LayerPrompts("a cat", "  ", ["a cat"]), 5, 32, 32, cfg)
+
+
+def test_decoded_foreground_is_valid_premultiplied(pipeline):
+    out = pipeline(PROMPTS[2], 5, 32, 32, SamplerConfig(steps=2, cfg=1.0, seed=3))
+    for k in (1, 2):
+        fg, alpha = out.foreground(k)
+        assert (fg <= alpha[..., None] + 1e-6).all()

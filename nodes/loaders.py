@@ -1,0 +1,147 @@
+"""Loader nodes: the layered DiT (+ adapter), the Wan VAE (+ mask adapter), the pack's text encoder."""
+
+from __future__ import annotations
+
+import os
+
+import folder_paths
+from comfy_api.latest import io
+
+from layert2v_core.adapter_format import CONFIG_FILE
+from layert2v_core.loading import DTYPES, LayerT2VModel, load_layer_vae, load_layered_dit, load_text_encoder
+
+from .errors import LayerT2VInputError, readable_errors
+from .types import CATEGORY, LayerModel, LayerTextEncoder, LayerVAE
+
+ADAPTER_FOLDER = "layert2v"
+NO_ADAPTER = "none (untrained layers)"
+
+
+def register_model_folder() -> None:
+    """models/layert2v/ holds LayerT2V adapters: folders with layert2v_config.json or single .safetensors."""
+    path = os.path.join(folder_paths.models_dir, ADAPTER_FOLDER)
+    folder_paths.add_model_folder_path(ADAPTER_FOLDER, path, is_default=True)
+    folder_paths.folder_names_and_paths[ADAPTER_FOLDER][1].update({".safetensors", ".json"})
+
+
+def list_adapters() -> list[str]:
+    """Adapter folders (by folder name) and single-file adapters, across every layert2v path."""
+    files = folder_paths.get_filename_list(ADAPTER_FOLDER)
+    folders = {os.path.dirname(f) for f in files if os.path.basename(f) == CONFIG_FILE}
+    singles = {f for f in files if f.endswith(".safetensors") and os.path.dirname(f) not in folders}
+    return sorted(folders | singles)
+
+
+def _resolve_adapter(name: str) -> str:
+    for base in folder_paths.get_folder_paths(ADAPTER_FOLDER):
+        base = os.path.abspath(base)
+        candidate = os.path.abspath(os.path.join(base, name))
+        if os.path.commonpath([candidate, base]) == base and os.path.exists(candidate):
+            return candidate  # never outside the models folder
+    raise LayerT2VInputError(f"adapter {name!r} was not found in {folder_paths.get_folder_paths(ADAPTER_FOLDER)}")
+
+
+def resolve_adapter(name: str):
+    return None if name == NO_ADAPTER else _resolve_adapter(name)
+
+
+def resolve_model_file(folder: str, name: str, what: str) -> str:
+    path = folder_paths.get_full_path(folder, name)
+    if path is None:
+        raise LayerT2VInputError(f"{what}: {name!r} is not in ComfyUI's models/{folder}/ folder")
+    return path
+
+
+def device_for(choice: str) -> str:
+    import comfy.model_management as mm
+
+    return "cpu" if choice == "cpu" else str(mm.get_torch_device())
+
+
+class LoadLayerT2VModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LayerT2VLoadModel",
+            display_name="LayerT2V Load Model",
+            category=CATEGORY,
+            description="A Wan2.1 T2V DiT from models/diffusion_models plus a LayerT2V adapter from models/layert2v.",
+            inputs=[
+                io.Combo.Input("dit_name", options=folder_paths.get_filename_list("diffusion_models")),
+                io.Combo.Input("adapter_name", options=list_adapters() + [NO_ADAPTER]),
+                io.Combo.Input("dtype", options=list(DTYPES), default="bf16"),
+                io.Combo.Input("device", options=["auto", "cpu"], default="auto"),
+            ],
+            outputs=[LayerModel.Output(display_name="layert2v_model")],
+        )
+
+    @classmethod
+    def execute(cls, dit_name, adapter_name, dtype, device) -> io.NodeOutput:
+        with readable_errors("LayerT2V Load Model"):
+            path = resolve_model_file("diffusion_models", dit_name, "dit_name")
+            dit = load_layered_dit(path, resolve_adapter(adapter_name), dtype=dtype, device="cpu")
+            model = LayerT2VModel.from_dit(dit, name=f"{dit_name} + {adapter_name}")
+            model.device = device_for(device)
+        return io.NodeOutput(model)
+
+
+class LoadLayerT2VVAE(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LayerT2VLoadVAE",
+            display_name="LayerT2V Load Mask VAE",
+            category=CATEGORY,
+            description="The Wan VAE from models/vae for RGB layers plus the adapter's mask VAE for alpha.",
+            inputs=[
+                io.Combo.Input("vae_name", options=folder_paths.get_filename_list("vae")),
+                io.Combo.Input("adapter_name", options=list_adapters() + [NO_ADAPTER]),
+                io.Combo.Input("device", options=["auto", "cpu"], default="auto"),
+            ],
+            outputs=[LayerVAE.Output(display_name="layert2v_vae")],
+        )
+
+    @classmethod
+    def execute(cls, vae_name, adapter_name, device) -> io.NodeOutput:
+        with readable_errors("LayerT2V Load Mask VAE"):
+            path = resolve_model_file("vae", vae_name, "vae_name")
+            layer_vae = load_layer_vae(path, resolve_adapter(adapter_name), device=device_for(device))
+        return io.NodeOutput(layer_vae)
+
+
+def list_text_encoder_folders() -> list[str]:
+    found = []
+    for base in folder_paths.get_folder_paths("text_encoders"):
+        if not os.path.isdir(base):
+            continue
+        for entry in sorted(os.listdir(base)):
+            if os.path.isfile(os.path.join(base, entry, "config.json")):
+                found.append(entry)
+    return found
+
+
+class LoadLayerT2VTextEncoder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LayerT2VLoadTextEncoder",
+            display_name="LayerT2V Load Text Encoder",
+            category=CATEGORY,
+            description="A UMT5 encoder folder (config.json, weights, tokenizer) from models/text_encoders. "
+                        "To use ComfyUI's own umt5 file instead, connect a CLIPLoader (type wan) to Layer Prompts.",
+            inputs=[
+                io.Combo.Input("folder", options=list_text_encoder_folders()),
+                io.Int.Input("text_len", default=512, min=1, max=512),
+                io.Combo.Input("dtype", options=list(DTYPES), default="bf16"),
+            ],
+            outputs=[LayerTextEncoder.Output(display_name="text_encoder")],
+        )
+
+    @classmethod
+    def execute(cls, folder, text_len, dtype) -> io.NodeOutput:
+        with readable_errors("LayerT2V Load Text Encoder"):
+            for base in folder_paths.get_folder_paths("text_encoders"):
+                path = os.path.join(base, folder)
+                if os.path.isdir(path):
+                    return io.NodeOutput(load_text_encoder(path, text_len=text_len, dtype=dtype))
+            raise LayerT2VInputError(f"folder: {folder!r} is not in models/text_encoders/")

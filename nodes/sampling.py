@@ -1,0 +1,78 @@
+"""Layered sampler: one joint denoising pass over every layer -> one serialized LATENT with its layout."""
+
+from __future__ import annotations
+
+import comfy.latent_formats
+import comfy.model_management as mm
+import comfy.utils
+from comfy_api.latest import io
+from PIL import Image
+
+from layert2v_core.layout import LayerLayout
+from layert2v_core.pipeline import LayerT2VPipeline
+from layert2v_core.preview import latent_preview
+from layert2v_core.sampler import SAMPLERS, SamplerConfig
+
+from .errors import LayerT2VInputError, readable_errors
+from .types import CATEGORY, LayerConditioning, LayerModel
+
+LAYOUT_KEY = "layert2v_layout"   # stored in the LATENT dict next to "samples"
+PREVIEW_MAX_SIZE = 512
+
+
+def preview_callback(pbar, layout: LayerLayout):
+    """Progress + a per-step preview of every segment; stops promptly when the user cancels."""
+    wan = comfy.latent_formats.Wan21()
+
+    def on_step(state):
+        mm.throw_exception_if_processing_interrupted()
+        image = Image.fromarray(latent_preview(state.denoised, layout, wan.latent_rgb_factors, wan.latent_rgb_factors_bias))
+        pbar.update_absolute(state.step, state.total, ("JPEG", image, PREVIEW_MAX_SIZE))
+    return on_step
+
+
+class LayeredSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LayerT2VSampler",
+            display_name="LayerT2V Layered Sampler",
+            category=CATEGORY,
+            description="Denoises full, background, foreground and mask layers jointly from one shared noise.",
+            inputs=[
+                LayerModel.Input("layert2v_model"),
+                LayerConditioning.Input("layer_conditioning"),
+                io.Int.Input("width", default=672, min=16, max=4096, step=16),
+                io.Int.Input("height", default=384, min=16, max=4096, step=16),
+                io.Int.Input("frames", default=41, min=1, max=1025, step=4, tooltip="frames per layer, 4k+1"),
+                io.Int.Input("steps", default=50, min=1, max=1000),
+                io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1),
+                io.Float.Input("shift", default=5.0, min=0.01, max=100.0, step=0.1),
+                io.Combo.Input("sampler", options=list(SAMPLERS), default="unipc"),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+            ],
+            outputs=[io.Latent.Output(display_name="layered_latent")],
+        )
+
+    @classmethod
+    def execute(cls, layert2v_model, layer_conditioning, width, height, frames, steps, cfg, shift, sampler, seed):
+        with readable_errors("LayerT2V Layered Sampler"):
+            dit = layert2v_model.dit
+            pipe = LayerT2VPipeline(dit, vae=None, mask_vae=None, device=layert2v_model.device)
+            layout = pipe.layout(layer_conditioning.num_foregrounds, frames, height, width)
+            config = SamplerConfig(steps=steps, cfg=cfg, shift=shift, sampler=sampler, seed=seed)
+            config.validate()
+            if layer_conditioning.cond.shape[-1] != dit.text_dim:
+                raise LayerT2VInputError(
+                    f"LayerT2V Layered Sampler: layer_conditioning has text width {layer_conditioning.cond.shape[-1]} "
+                    f"but this model expects {dit.text_dim}; use the text encoder that matches the model"
+                )
+        pbar = comfy.utils.ProgressBar(steps)
+        try:
+            dit.to(layert2v_model.device)
+            latent = pipe.sample_latent(layout, layer_conditioning, config, callback=preview_callback(pbar, layout))
+        finally:
+            dit.to(mm.unet_offload_device())  # offload after use, also when cancelled
+            mm.soft_empty_cache()
+        samples = layert2v_model.to_raw(latent).to(mm.intermediate_device())
+        return io.NodeOutput({"samples": samples, LAYOUT_KEY: layout.to_dict()})

@@ -1,0 +1,76 @@
+"""Save layers: every layer through the export library into ComfyUI's output folder, with previews."""
+
+from __future__ import annotations
+
+import os
+
+import folder_paths
+from comfy_api.latest import io
+
+from layert2v_core.export import write_layer_set
+
+from .errors import LayerT2VInputError, readable_errors
+from .types import CATEGORY, LayerSet
+
+FORMAT_SWITCHES = {  # node input -> export format; defaults are what a compositor usually wants
+    "png16": ("png16", True), "png8": ("png8", False), "exr_half": ("exr_half", False),
+    "prores_4444": ("prores", True), "webm_alpha": ("webm", False), "h264_preview": ("h264", True),
+}
+
+
+def preview_entries(layer_set, output_dir: str) -> list[dict]:
+    """Middle frame of each PNG layer, as ComfyUI UI image entries (the layer viewer reads 'layer')."""
+    entries = []
+    for layer in layer_set.manifest["layers"]:
+        for output in layer.get("outputs", []):
+            if output.get("format", "").startswith("png"):
+                frame = output["first_frame"] + output["frame_count"] // 2
+                path = layer_set.path / output["pattern"] % frame if False else (layer_set.path / (output["pattern"] % frame))
+                rel = os.path.relpath(path, output_dir)
+                entries.append({"filename": os.path.basename(rel), "subfolder": os.path.dirname(rel),
+                                "type": "output", "layer": layer["name"], "has_alpha": bool(layer.get("has_alpha"))})
+                break
+    return entries
+
+
+class SaveLayers(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        switches = [io.Boolean.Input(name, default=default) for name, (_, default) in FORMAT_SWITCHES.items()]
+        return io.Schema(
+            node_id="LayerT2VSaveLayers",
+            display_name="LayerT2V Save Layers",
+            category=CATEGORY,
+            description="Writes one folder per generation: the chosen formats per layer + layers.json manifest.",
+            inputs=[
+                LayerSet.Input("layers"),
+                io.String.Input("filename_prefix", default="LayerT2V/layers"),
+                io.Float.Input("fps", default=16.0, min=0.01, max=240.0, step=0.01),
+                io.Combo.Input("alpha_mode", options=["straight", "premultiplied"], default="straight",
+                               tooltip="How PNG/ProRes/WebM store colour; EXR is always premultiplied"),
+                *switches,
+            ],
+            outputs=[io.String.Output(display_name="folder")],
+            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, layers, filename_prefix, fps, alpha_mode, **switches) -> io.NodeOutput:
+        node = "LayerT2V Save Layers"
+        formats = [fmt for name, (fmt, _) in FORMAT_SWITCHES.items() if switches.get(name)]
+        if not formats:
+            raise LayerT2VInputError(f"{node}: every format is switched off; switch on at least one")
+        output_dir = folder_paths.get_output_directory()
+        with readable_errors(node):
+            if os.path.isabs(filename_prefix) or ".." in filename_prefix.replace("\\", "/").split("/"):
+                raise LayerT2VInputError(f"{node}: filename_prefix {filename_prefix!r} must be a relative path "
+                                         "inside the output folder (no '..', not absolute)")
+            folder, name, _, _, _ = folder_paths.get_save_image_path(filename_prefix, output_dir)
+            meta = layers.metadata if hasattr(layers, "metadata") else {}
+            result = write_layer_set(folder, layers.rgb, layers.alpha_by_layer(), fps=fps, formats=formats,
+                                     name=name, alpha_mode=alpha_mode, prompts=meta.get("prompts"),
+                                     seed=meta.get("seed"), metadata={"source": "ComfyUI"})
+        previews = preview_entries(result, output_dir)
+        rel = os.path.relpath(result.path, output_dir)
+        return io.NodeOutput(rel, ui={"images": previews, "layert2v_folder": [rel]})

@@ -1,0 +1,75 @@
+"""Shared fixtures. The ComfyUI host ones live in tests/comfyhost; this file only wires them to pytest."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from comfyhost.install import REPO_ROOT, ensure_installed
+from comfyhost.server import ComfyServer
+
+from layert2v_core.tiny import write_tiny_model_files
+
+TEST_OUTPUT_DIR = REPO_ROOT / "test-output"  # gitignored: screenshots and the server log for people to look at
+
+_startup_report: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def test_output_dir() -> Path:
+    TEST_OUTPUT_DIR.mkdir(exist_ok=True)
+    return TEST_OUTPUT_DIR
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory, test_output_dir) -> Iterator[ComfyServer]:
+    """A real ComfyUI 0.3.75 server (CPU, 127.0.0.1, own base dir) with this pack in custom_nodes.
+
+    Installs the host on first use (about half a minute, then a no-op). Skipped only when
+    LAYERT2V_SKIP_COMFY=1; any install or start-up failure fails the tests that use it.
+    """
+    if os.environ.get("LAYERT2V_SKIP_COMFY") == "1":
+        pytest.skip("LAYERT2V_SKIP_COMFY=1: tests in a real ComfyUI server are switched off")
+    started = time.monotonic()
+    comfy_dir = ensure_installed()  # a no-op once installed
+    install_seconds = time.monotonic() - started
+    server = ComfyServer(comfy_dir, tmp_path_factory.mktemp("comfyui"))
+    install_tiny_models(server.base_dir / "models")  # before start: loaders list models at start-up
+    try:
+        server.start()
+        _startup_report.append(f"ComfyUI host: install step {install_seconds:.1f} s; first /object_info "
+                               f"{server.startup_seconds:.1f} s after process start (log {server.log_path})")
+        yield server
+    finally:
+        server.stop()
+        if server.log_path.exists():  # kept beside the screenshots, for whoever reads a failed run
+            shutil.copyfile(server.log_path, test_output_dir / "comfyui-server.log")
+
+
+def install_tiny_models(models_dir: Path) -> dict:
+    """Tiny random LayerT2V files where a user would put real ones (names the workflows use)."""
+    staged = write_tiny_model_files(models_dir / "_staging", max_foregrounds=2)
+    targets = {"dit": "diffusion_models", "vae": "vae", "adapter": "layert2v", "text_encoder": "text_encoders"}
+    placed = {}
+    for key, folder in targets.items():
+        (models_dir / folder).mkdir(parents=True, exist_ok=True)
+        placed[key] = models_dir / folder / staged[key].name
+        staged[key].rename(placed[key])
+    shutil.rmtree(models_dir / "_staging")
+    return placed
+
+
+def pytest_configure(config):
+    import torch
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))  # 2-core machines: avoid oversubscription
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in _startup_report:
+        terminalreporter.write_line(line)

@@ -1,0 +1,97 @@
+"""The pack inside a real ComfyUI 0.3.75 server: loading, HTTP API, and the real frontend in chromium.
+
+The server (fixture `comfy_server`, tests/conftest.py) starts once per session; see tests/comfyhost.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import pytest
+from PIL import Image, ImageStat
+
+from comfyhost.browser import capture_page, find_chromium, frontend_url
+from comfyhost.client import PromptRejected
+from comfyhost.server import PACK_NAME
+
+MARKER_JS = f"/extensions/{PACK_NAME}/layert2v_marker.js"
+
+
+def ping_workflow(message: str) -> dict:
+    """API form of the smallest runnable workflow of the pack: one LayerT2VPing output node."""
+    return {"1": {"class_type": "LayerT2VPing", "inputs": {"message": message}}}
+
+
+def run_ping(server) -> None:
+    message = f"pong {uuid.uuid4().hex[:8]}"  # a new input each time, so ComfyUI cannot answer from its cache
+    entry = server.wait(server.queue_prompt(ping_workflow(message)), timeout=60)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert entry["outputs"]["1"]["text"] == [message]
+
+
+def test_server_runs_comfyui_0_3_75(comfy_server):
+    assert comfy_server.running
+    stats = comfy_server.get("/system_stats")
+    assert stats["system"]["comfyui_version"] == "0.3.75"
+    assert comfy_server.get("/settings/Comfy.TutorialCompleted") is True  # no first-run dialog in the browser
+
+
+def test_object_info_lists_ping_in_layert2v_category(comfy_server):
+    ping = comfy_server.object_info()["LayerT2VPing"]
+    assert ping["category"] == "LayerT2V"
+    assert ping["output_node"] is True
+    assert ping["input"]["required"]["message"][0] == "STRING"
+
+
+def test_server_log_shows_pack_imported_without_error(comfy_server):
+    our_lines = [line for line in comfy_server.log_text().splitlines() if f"custom_nodes/{PACK_NAME}" in line]
+    assert our_lines, "the server log never mentions the pack: was it linked into custom_nodes?"
+    failures = [line for line in our_lines
+                if "IMPORT FAILED" in line or "Cannot import" in line or "comfy_entrypoint" in line]
+    assert not failures, "\n".join(failures)
+
+
+def test_extensions_lists_and_serves_our_js(comfy_server):
+    assert MARKER_JS in comfy_server.get("/extensions")
+    assert "app.registerExtension" in comfy_server.get(MARKER_JS)
+
+
+def test_ping_workflow_runs(comfy_server):
+    run_ping(comfy_server)
+
+
+def test_unknown_node_is_rejected_readably_and_server_keeps_serving(comfy_server):
+    with pytest.raises(PromptRejected) as rejected:
+        comfy_server.queue_prompt({"1": {"class_type": "NoSuchLayerT2VNode", "inputs": {}}})
+    assert rejected.value.status == 400
+    error = rejected.value.body["error"]
+    assert error["type"] == "invalid_prompt"
+    assert "NoSuchLayerT2VNode" in error["message"]
+    run_ping(comfy_server)
+
+
+def test_interrupt_when_idle_is_harmless(comfy_server):
+    comfy_server.interrupt()
+    run_ping(comfy_server)
+
+
+def test_frontend_loads_and_runs_our_extension(comfy_server, test_output_dir):
+    if find_chromium() is None:
+        pytest.skip("chromium is not installed (make system-deps installs it as root)")
+    screenshot = test_output_dir / "frontend.png"
+    page = capture_page(frontend_url(comfy_server.base_url), screenshot)
+
+    assert 'data-layert2v-loaded="true"' in page.dom, "the pack's JS did not run in the frontend"
+    registered = re.search(r'data-layert2v-nodes="([^"]*)"', page.dom)
+    assert registered and "LayerT2VPing" in registered.group(1).split(","), "the frontend did not register our node"
+    assert any("LayerT2V extension loaded" in message for message in page.console), page.console
+    # Anything else from or about our JS (a load error names its URL) is a problem.
+    ours = [m for m in page.console if f"/extensions/{PACK_NAME}/" in m and "LayerT2V extension loaded" not in m]
+    assert not ours, "console messages about the pack's JS:\n" + "\n".join(ours)
+
+    with Image.open(screenshot) as image:
+        assert image.size == (1400, 900)
+        # A blank or single-colour page means the frontend did not render.
+        assert max(ImageStat.Stat(image.convert("L")).stddev) > 10
+

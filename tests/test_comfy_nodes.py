@@ -1,0 +1,138 @@
+"""The pack's nodes and workflows inside a real ComfyUI server, through HTTP only."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from comfyhost.client import PromptRejected
+from comfyhost.workflow import ui_to_api
+
+WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
+NODES = ["LayerT2VLoadModel", "LayerT2VLoadVAE", "LayerT2VLoadTextEncoder", "LayerT2VPrompts", "LayerT2VSampler",
+         "LayerT2VSplitLayers", "LayerT2VDecodeLayers", "LayerT2VGetForeground", "LayerT2VDecodeAlpha",
+         "LayerT2VComposeRGBA", "LayerT2VRecomposite", "LayerT2VSaveLayers"]
+
+
+def api_workflow(server, name: str, **sampler_overrides) -> dict:
+    ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    api = ui_to_api(ui, server.object_info())
+    sampler = next(n for n in api.values() if n["class_type"] == "LayerT2VSampler")
+    sampler["inputs"].update({"width": 32, "height": 32, "frames": 5, "steps": 2, **sampler_overrides})
+    return api
+
+
+def run(server, api, timeout=300):
+    entry = server.wait(server.queue_prompt(api), timeout=timeout)
+    return entry, entry["status"]["status_str"]
+
+
+def error_message(entry) -> str:
+    for kind, data in entry["status"].get("messages", []):
+        if kind == "execution_error":
+            return data["exception_message"]
+    return ""
+
+
+def new_sets(server, before: set) -> set:
+    return {p for p in (server.output_dir / "LayerT2V").glob("*") if p.is_dir()} - before if \
+        (server.output_dir / "LayerT2V").exists() else set()
+
+
+def test_object_info_lists_every_node_with_inputs(comfy_server):
+    info = comfy_server.object_info()
+    missing = [n for n in NODES if n not in info]
+    assert not missing
+    for name in NODES:
+        assert info[name]["category"] == "LayerT2V"
+    sampler = info["LayerT2VSampler"]["input"]["required"]
+    assert {"layert2v_model", "layer_conditioning", "width", "height", "frames", "steps", "cfg", "shift",
+            "sampler", "seed"} <= set(sampler)
+    assert "tiny_wan_dit.safetensors" in json.dumps(info["LayerT2VLoadModel"]["input"]["required"]["dit_name"])
+    assert "tiny_layert2v" in json.dumps(info["LayerT2VLoadModel"]["input"]["required"]["adapter_name"])
+
+
+@pytest.mark.parametrize("name, k", [("layered_t2v", 1), ("layered_t2v_two_foregrounds", 2)])
+def test_workflow_runs_and_writes_a_layer_set(comfy_server, name, k):
+    before = new_sets(comfy_server, set())
+    start = time.monotonic()
+    entry, status = run(comfy_server, api_workflow(comfy_server, name))
+    elapsed = time.monotonic() - start
+    assert status == "success", error_message(entry)
+    print(f"\n[{name}] tiny workflow end to end through /prompt: {elapsed:.1f} s")
+    created = new_sets(comfy_server, before)
+    assert len(created) == 1
+    folder = created.pop()
+    manifest = json.loads((folder / "layers.json").read_text())
+    assert {l["name"] for l in manifest["layers"]} >= {"full", "background"} | {f"foreground_{i}" for i in range(1, k + 1)}
+    assert list(folder.glob("prores/foreground_1.mov"))
+    ui = next(iter(entry["outputs"].values()))
+    assert ui["images"] and all("layer" in img for img in ui["images"])
+
+
+def test_split_decode_alpha_compose_chain(comfy_server):
+    api = api_workflow(comfy_server, "layered_t2v")
+    api["10"] = {"class_type": "LayerT2VSplitLayers", "inputs": {"layered_latent": ["5", 0], "foreground_index": 1}}
+    api["11"] = {"class_type": "LayerT2VDecodeAlpha", "inputs": {"layert2v_vae": ["2", 0], "mask_latent": ["10", 3]}}
+    api["12"] = {"class_type": "LayerT2VGetForeground",
+                 "inputs": {"layers": ["6", 0], "foreground_index": 1, "alpha_mode": "premultiplied"}}
+    api["13"] = {"class_type": "LayerT2VComposeRGBA",
+                 "inputs": {"foreground": ["12", 0], "alpha": ["11", 0], "input_is": "premultiplied"}}
+    api["14"] = {"class_type": "LayerT2VRecomposite",
+                 "inputs": {"background": ["6", 2], "foreground": ["12", 0], "alpha": ["12", 1]}}
+    api["15"] = {"class_type": "SaveImage", "inputs": {"images": ["13", 0], "filename_prefix": "rgba_check"}}
+    api["16"] = {"class_type": "PreviewImage", "inputs": {"images": ["14", 0]}}
+    del api["7"]  # no layer-set export needed here
+    entry, status = run(comfy_server, api)
+    assert status == "success", error_message(entry)
+    saved = entry["outputs"]["15"]["images"]
+    from PIL import Image
+    img = Image.open(comfy_server.output_dir / saved[0]["subfolder"] / saved[0]["filename"])
+    assert img.mode == "RGBA" and img.size == (32, 32)
+
+
+def test_bad_input_is_readable_and_server_keeps_serving(comfy_server):
+    before = new_sets(comfy_server, set())
+    bad = api_workflow(comfy_server, "layered_t2v", frames=5)
+    bad["5"]["inputs"]["width"] = 40  # not a multiple of 16
+    try:
+        entry, status = run(comfy_server, bad)
+        message = error_message(entry)
+        assert status == "error" and "width=40" in message, message
+    except PromptRejected as rejected:  # validation at /prompt is fine too, if it names the input
+        assert "width" in json.dumps(rejected.body)
+    assert new_sets(comfy_server, before) == set()  # nothing left by a failed run
+
+    wrong = api_workflow(comfy_server, "layered_t2v")
+    wrong["7"]["inputs"]["filename_prefix"] = "../../x"
+    entry, status = run(comfy_server, wrong)
+    assert status == "error" and "filename_prefix" in error_message(entry)
+
+    entry, status = run(comfy_server, api_workflow(comfy_server, "layered_t2v"))
+    assert status == "success", error_message(entry)
+
+
+def test_interrupt_during_sampling_stops_and_leaves_nothing(comfy_server):
+    before = new_sets(comfy_server, set())
+    slow = api_workflow(comfy_server, "layered_t2v", steps=400, width=64, height=64, frames=17)
+    prompt_id = comfy_server.queue_prompt(slow)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until sampling is under way
+        queue = comfy_server.get("/queue")
+        if queue.get("queue_running"):
+            time.sleep(3.0)
+            break
+        time.sleep(0.2)
+    started = time.monotonic()
+    comfy_server.interrupt()
+    entry = comfy_server.wait(prompt_id, timeout=120)
+    stopped_after = time.monotonic() - started
+    assert entry["status"]["status_str"] == "error"
+    assert any(kind == "execution_interrupted" for kind, _ in entry["status"]["messages"])
+    assert stopped_after < 30, f"took {stopped_after:.1f} s to stop"
+    assert new_sets(comfy_server, before) == set()
+    entry, status = run(comfy_server, api_workflow(comfy_server, "layered_t2v"))
+    assert status == "success", error_message(entry)
