@@ -15,7 +15,7 @@ from comfyhost.browser import capture_page, find_chromium, frontend_url
 from comfyhost.client import PromptRejected
 from comfyhost.server import PACK_NAME
 
-MARKER_JS = f"/extensions/{PACK_NAME}/layert2v_marker.js"
+MARKER_JS = f"/extensions/{PACK_NAME}/layert2v.js"
 
 
 def ping_workflow(message: str) -> dict:
@@ -95,3 +95,16 @@ def test_frontend_loads_and_runs_our_extension(comfy_server, test_output_dir):
         # A blank or single-colour page means the frontend did not render.
         assert max(ImageStat.Stat(image.convert("L")).stddev) > 10
 
+
+
+@pytest.mark.parametrize("template, boxes", [("layered_t2v", "1"), ("layered_t2v_two_foregrounds", "2")])
+def test_pack_workflow_opens_in_frontend_with_prompt_boxes(comfy_server, test_output_dir, template, boxes):
+    """The workflow loads from the pack's templates, its nodes exist, and our widget logic ran on it."""
+    if find_chromium() is None:
+        pytest.skip("chromium is not installed (make system-deps installs it as root)")
+    screenshot = test_output_dir / f"workflow_{template}.png"
+    page = capture_page(frontend_url(comfy_server.base_url, template=template), screenshot)
+    shown = re.search(r'data-layert2v-prompt-boxes="([^"]*)"', page.dom)
+    assert shown and shown.group(1) == boxes, "the Layer Prompts node did not load or our JS did not run on it"
+    missing = [m for m in page.console if "missing" in m.lower() and "LayerT2V" in m]
+    assert not missing, missing

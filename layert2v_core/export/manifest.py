@@ -145,7 +145,8 @@ def _check_output(out, where: str, manifest: dict, has_alpha, root) -> list[str]
         return problems + [f"{where}: path must be a relative path inside the set, got {path!r}"]
     where = f"{where} ({path})"
     if has_alpha and out.get("alpha_mode") not in ALPHA_MODES:
-        problems.append(f"{where}: alpha_mode must be one of {ALPHA_MODES}, got {out.get('alpha_mode')!r}")
+        problems.append(f"{where}: alpha_mode must be one of {ALPHA_MODES}, "
+                        f"got {out.get('alpha_mode')!r}")
     if not has_alpha and out.get("alpha_mode") is not None:
         problems.append(f"{where}: alpha_mode must be null for a layer without alpha")
     for key in ("frame_count", "width", "height"):

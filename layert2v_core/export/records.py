@@ -22,7 +22,7 @@ SEQUENCE_SIDECAR = "sequence.json"  # inside a PNG/EXR sequence folder
 @dataclass
 class WrittenOutput:
     path: Path                    # the final file or sequence folder (after any counter suffix)
-    format: str                   # one of layer_set.FORMATS
+    format: str                   # one of manifest.OUTPUT_FORMATS
     frame_count: int
     width: int
     height: int
