@@ -28,7 +28,11 @@ test: venv system-deps
 	$(VPY) -m pytest -q tests
 
 demo: venv
-	$(VPY) -m layert2v_core.demo_run
+	$(VPY) tools/demo.py
+
+bench: venv
+	$(VPY) bench/dit_overhead.py --preset mid
+	$(VPY) bench/export.py
 
 clean:
 	rm -rf $(VENV) .cache test-output

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from comfyhost.install import REPO_ROOT, ensure_installed
+from comfyhost.models import install_tiny_models
 from comfyhost.server import ComfyServer
-
-from layert2v_core.tiny import write_tiny_model_files
 
 TEST_OUTPUT_DIR = REPO_ROOT / "test-output"  # gitignored: screenshots and the server log for people to look at
 
@@ -49,19 +48,6 @@ def comfy_server(tmp_path_factory, test_output_dir) -> Iterator[ComfyServer]:
         server.stop()
         if server.log_path.exists():  # kept beside the screenshots, for whoever reads a failed run
             shutil.copyfile(server.log_path, test_output_dir / "comfyui-server.log")
-
-
-def install_tiny_models(models_dir: Path) -> dict:
-    """Tiny random LayerT2V files where a user would put real ones (names the workflows use)."""
-    staged = write_tiny_model_files(models_dir / "_staging", max_foregrounds=2)
-    targets = {"dit": "diffusion_models", "vae": "vae", "adapter": "layert2v", "text_encoder": "text_encoders"}
-    placed = {}
-    for key, folder in targets.items():
-        (models_dir / folder).mkdir(parents=True, exist_ok=True)
-        placed[key] = models_dir / folder / staged[key].name
-        staged[key].rename(placed[key])
-    shutil.rmtree(models_dir / "_staging")
-    return placed
 
 
 def pytest_configure(config):

@@ -1,0 +1,22 @@
+"""Model files for a test or demo host, placed where a user would put real ones."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from layert2v_core.tiny import write_tiny_model_files
+
+MODEL_FOLDERS = {"dit": "diffusion_models", "vae": "vae", "adapter": "layert2v", "text_encoder": "text_encoders"}
+
+
+def install_tiny_models(models_dir: Path) -> dict:
+    """Tiny random LayerT2V files under the names the bundled workflows use."""
+    staged = write_tiny_model_files(models_dir / "_staging", max_foregrounds=2)
+    placed = {}
+    for key, folder in MODEL_FOLDERS.items():
+        (models_dir / folder).mkdir(parents=True, exist_ok=True)
+        placed[key] = models_dir / folder / staged[key].name
+        staged[key].rename(placed[key])
+    shutil.rmtree(models_dir / "_staging")
+    return placed
