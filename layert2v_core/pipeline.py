@@ -61,6 +61,7 @@ class LayerFrames:
     layout: LayerLayout
     rgb: dict[str, torch.Tensor]
     alpha: dict[str, torch.Tensor]
+    generation: dict = field(default_factory=dict)  # prompts, seed, sampler settings: for the manifest
 
     def foreground(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.rgb[f"{FOREGROUND}_{k}"], self.alpha[f"{MASK}_{k}"]

@@ -10,7 +10,7 @@ from layert2v_core.layout import BACKGROUND, FOREGROUND, FULL, MASK, LayerLayout
 from layert2v_core.pipeline import LayerT2VPipeline
 
 from .errors import LayerT2VInputError, readable_errors
-from .sampling import LAYOUT_KEY
+from .sampling import GENERATION_KEY, LAYOUT_KEY
 from .types import CATEGORY, LayerSet, LayerVAE
 
 ALPHA_POLARITY = "MASK outputs are alpha: 1 = opaque foreground, 0 = transparent (not ComfyUI's inverted LoadImage mask)."
@@ -58,7 +58,9 @@ def decode_all(layer_vae, latent: dict, node: str):
     layout = layout_of(latent, node)
     pipe = LayerT2VPipeline(dit=None, vae=layer_vae.vae, mask_vae=layer_vae.mask_vae)
     with torch.no_grad(), readable_errors(node):
-        return pipe.decode(layer_vae.to_normalized(latent["samples"].float()), layout)
+        layers = pipe.decode(layer_vae.to_normalized(latent["samples"].float()), layout)
+    layers.generation = dict(latent.get(GENERATION_KEY, {}))
+    return layers
 
 
 class DecodeLayers(io.ComfyNode):

@@ -17,6 +17,7 @@ from .errors import LayerT2VInputError, readable_errors
 from .types import CATEGORY, LayerConditioning, LayerModel
 
 LAYOUT_KEY = "layert2v_layout"   # stored in the LATENT dict next to "samples"
+GENERATION_KEY = "layert2v_generation"  # prompts and settings, carried to the export manifest
 PREVIEW_MAX_SIZE = 512
 
 
@@ -75,4 +76,7 @@ class LayeredSampler(io.ComfyNode):
             dit.to(mm.unet_offload_device())  # offload after use, also when cancelled
             mm.soft_empty_cache()
         samples = layert2v_model.to_raw(latent).to(mm.intermediate_device())
-        return io.NodeOutput({"samples": samples, LAYOUT_KEY: layout.to_dict()})
+        generation = {"prompts": {**layer_conditioning.prompts, "negative": layer_conditioning.negative},
+                      "seed": seed, "steps": steps, "cfg": cfg, "shift": shift, "sampler": sampler,
+                      "model": layert2v_model.name}
+        return io.NodeOutput({"samples": samples, LAYOUT_KEY: layout.to_dict(), GENERATION_KEY: generation})

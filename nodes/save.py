@@ -25,7 +25,7 @@ def preview_entries(layer_set, output_dir: str) -> list[dict]:
         for output in layer.get("outputs", []):
             if output.get("format", "").startswith("png"):
                 frame = output["first_frame"] + output["frame_count"] // 2
-                path = layer_set.path / output["pattern"] % frame if False else (layer_set.path / (output["pattern"] % frame))
+                path = layer_set.path / (output["pattern"] % frame)
                 rel = os.path.relpath(path, output_dir)
                 entries.append({"filename": os.path.basename(rel), "subfolder": os.path.dirname(rel),
                                 "type": "output", "layer": layer["name"], "has_alpha": bool(layer.get("has_alpha"))})
@@ -67,10 +67,11 @@ class SaveLayers(io.ComfyNode):
                 raise LayerT2VInputError(f"{node}: filename_prefix {filename_prefix!r} must be a relative path "
                                          "inside the output folder (no '..', not absolute)")
             folder, name, _, _, _ = folder_paths.get_save_image_path(filename_prefix, output_dir)
-            meta = layers.metadata if hasattr(layers, "metadata") else {}
+            generation = dict(layers.generation)
+            prompts, seed = generation.pop("prompts", None), generation.pop("seed", None)
             result = write_layer_set(folder, layers.rgb, layers.alpha_by_layer(), fps=fps, formats=formats,
-                                     name=name, alpha_mode=alpha_mode, prompts=meta.get("prompts"),
-                                     seed=meta.get("seed"), metadata={"source": "ComfyUI"})
+                                     name=name, alpha_mode=alpha_mode, prompts=prompts, seed=seed,
+                                     metadata={"source": "ComfyUI", **generation})
         previews = preview_entries(result, output_dir)
         rel = os.path.relpath(result.path, output_dir)
         return io.NodeOutput(rel, ui={"images": previews, "layert2v_folder": [rel]})

@@ -69,6 +69,7 @@ def test_workflow_runs_and_writes_a_layer_set(comfy_server, name, k):
     manifest = json.loads((folder / "layers.json").read_text())
     assert {l["name"] for l in manifest["layers"]} >= {"full", "background"} | {f"foreground_{i}" for i in range(1, k + 1)}
     assert list(folder.glob("prores/foreground_1.mov"))
+    assert manifest["seed"] == 42 and manifest["prompts"]["background"]
     ui = next(iter(entry["outputs"].values()))
     assert ui["images"] and all("layer" in img for img in ui["images"])
 
