@@ -1,0 +1,1 @@
+"""Layered-video data: VidLayer folder reader, synthetic generator, resumable order, latent cache."""
