@@ -13,6 +13,8 @@ from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .data.synthetic import SyntheticSpec as SyntheticDataConfig  # one definition of the generator spec
+
 STAGES = ("mask_vae", "joint", "multi_fg")
 
 
@@ -28,18 +30,6 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     init_adapter: Optional[str] = None    # adapter folder from the previous stage (its mask / DiT adapter is loaded)
     layert2v: dict = field(default_factory=dict)  # LayerT2VConfig fields (routing, ranks, text_len, ...)
-
-
-@dataclass
-class SyntheticDataConfig:
-    num_samples: int = 16
-    height: int = 64
-    width: int = 64
-    num_frames: int = 9
-    fps: int = 8
-    min_foregrounds: int = 1
-    max_foregrounds: int = 1
-    seed: int = 0
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .config import DataConfig, PhaseConfig, RunConfig, load_config
-from .data.synthetic import SyntheticSpec, generate
+from .data.synthetic import generate
 from .data.vidlayer import ClipSpec, SampleInfo, find_samples
 
 
@@ -46,7 +45,7 @@ def prepare_samples(data: DataConfig, accelerator, max_foregrounds: int | None =
     root = Path(data.root)
     if data.synthetic is not None and accelerator.is_main_process:
         if not root.is_dir() or not any(root.glob("*/metadata.json")):
-            generate(root, SyntheticSpec(**dataclasses.asdict(data.synthetic)))
+            generate(root, data.synthetic)
     accelerator.wait_for_everyone()
     samples = find_samples(root)
     keep = set(data.num_foregrounds) if data.num_foregrounds else None
