@@ -59,6 +59,8 @@ class StepState:
 
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x, t (B, L), context) -> v
+# (step index from 0, sigma, x, guided v) -> v: steers the trajectory (e.g. toward a target alpha)
+Guidance = Callable[[int, float, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def make_scheduler(name: str, shift: float):
@@ -103,6 +105,7 @@ def sample(
     given: Optional[dict[str, torch.Tensor]] = None,
     callback: Optional[Callable[[StepState], None]] = None,
     device: torch.device | str = "cpu",
+    guidance: Optional[Guidance] = None,
 ) -> torch.Tensor:
     """Integrate the flow ODE from shared noise to a clean serialized latent (B=1, float32).
 
@@ -145,6 +148,8 @@ def sample(
         if guided:
             v_cond, v_uncond = v.chunk(2)
             v = v_uncond + float(config.cfg) * (v_cond - v_uncond)
+        if guidance is not None:
+            v = guidance(i, sigma, x, v)
 
         denoised = x - sigma * v
         x = scheduler.step(v, t, x, return_dict=False)[0]
