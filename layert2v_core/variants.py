@@ -83,7 +83,7 @@ def encode_given(pipe: LayerT2VPipeline, layout: LayerLayout, given: GivenLayers
     return latents
 
 
-def generate_layers(
+def sample_layers(
     pipe: LayerT2VPipeline,
     layout: LayerLayout,
     conditioning: LayerConditioning,
@@ -93,8 +93,8 @@ def generate_layers(
     trajectory_strength: float = 0.8,
     trajectory_end_step: int = 10,
     callback: Optional[Callable[[StepState], None]] = None,
-) -> LayerFrames:
-    """One joint pass with optional given layers and per-foreground trajectories; decoded layers."""
+) -> torch.Tensor:
+    """One joint pass with optional given layers and per-foreground trajectories -> normalized latent."""
     pipe.dit.check_layout(layout)
     if conditioning.num_foregrounds != layout.num_foregrounds:
         raise ValueError(f"conditioning has {conditioning.num_foregrounds} foreground prompt(s), layout has "
@@ -105,6 +105,11 @@ def generate_layers(
         targets, _ = trajectory_targets(pipe.mask_vae, trajectories, layout)
         guidance = TrajectoryGuidance(layout, targets, trajectory_strength, trajectory_end_step)
     uncond = conditioning.uncond if float(config.cfg) != 1.0 else None
-    latent = sample(pipe.denoiser(layout), layout, conditioning.cond, uncond, config, given=given_latents,
-                    callback=callback, device=pipe.device, guidance=guidance)
-    return pipe.decode(latent, layout)
+    return sample(pipe.denoiser(layout), layout, conditioning.cond, uncond, config, given=given_latents,
+                  callback=callback, device=pipe.device, guidance=guidance)
+
+
+def generate_layers(pipe: LayerT2VPipeline, layout: LayerLayout, conditioning: LayerConditioning,
+                    config: SamplerConfig, **options) -> LayerFrames:
+    """sample_layers, then decode every layer."""
+    return pipe.decode(sample_layers(pipe, layout, conditioning, config, **options), layout)
