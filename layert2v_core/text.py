@@ -10,6 +10,7 @@ through `pad_embedding` and end up in the same shape.
 from __future__ import annotations
 
 import html
+import logging
 import re
 import warnings
 from collections import OrderedDict
@@ -21,6 +22,8 @@ try:  # Wan's prompt cleaning uses ftfy when it is installed; so do we, so embed
     import ftfy
 except ImportError:
     ftfy = None
+
+logger = logging.getLogger("layert2v")  # hosts such as ComfyUI show logging, not Python warnings
 
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model")   # either one is enough
 MODEL_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
@@ -194,7 +197,7 @@ def encode_layer_prompts(
             raise ValueError("give text_len when no TextEncoder is passed")
         text_len = encoder.text_len
 
-    def embed(slot: str, value) -> torch.Tensor:
+    def embed_unnamed(slot: str, value) -> torch.Tensor:
         if torch.is_tensor(value):
             return encoder.pad_embedding(value) if encoder is not None else pad_embedding(value, text_len)
         if not isinstance(value, str):
@@ -202,6 +205,21 @@ def encode_layer_prompts(
         if encoder is None:
             raise ValueError(f"prompt {slot!r} is text but no TextEncoder was given to encode it")
         return encoder.encode(value)
+
+    def embed(slot: str, value) -> torch.Tensor:
+        # A cut prompt is not an error, but the user must hear which one was cut: the warning is
+        # re-issued with the slot name, and logged for hosts that do not show Python warnings.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", PromptTruncatedWarning)
+            out = embed_unnamed(slot, value)
+        for w in caught:
+            if issubclass(w.category, PromptTruncatedWarning):
+                message = f"prompt {slot!r}: {w.message}"
+                logger.warning("LayerT2V: %s", message)
+                warnings.warn(message, PromptTruncatedWarning, stacklevel=3)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+        return out
 
     cond = []
     for slot in layout_prompt_names:

@@ -140,6 +140,7 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, 
     tmp = _temp_beside(path, ".tmp")
     try:
         save_file(plain, str(tmp), metadata=metadata)
+        os.chmod(tmp, 0o644)  # save_file re-creates the file with 0600; a model file should read like any other
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

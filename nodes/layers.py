@@ -6,7 +6,7 @@ import torch
 from comfy_api.latest import io
 
 from layert2v_core.export import composite_over, to_premultiplied, to_straight
-from layert2v_core.layout import BACKGROUND, FOREGROUND, FULL, MASK, LayerLayout, LayoutError
+from layert2v_core.layout import BACKGROUND, FOREGROUND, FULL, LATENT_CHANNELS, MASK, LayerLayout, LayoutError
 from layert2v_core.pipeline import LayerT2VPipeline
 
 from .errors import LayerT2VInputError, readable_errors
@@ -18,12 +18,23 @@ ALPHA_POLARITY = "MASK outputs are alpha: 1 = opaque foreground, 0 = transparent
 
 def layout_of(latent: dict, node: str) -> LayerLayout:
     if not isinstance(latent, dict) or LAYOUT_KEY not in latent:
-        raise LayerT2VInputError(f"{node}: this LATENT has no layer layout; connect the output of LayerT2V Layered Sampler")
+        raise LayerT2VInputError(f"{node}: layered_latent has no layer layout (it is a plain LATENT); connect the "
+                                 "output of LayerT2V Layered Sampler")
     try:
         layout = LayerLayout.from_dict(latent[LAYOUT_KEY])
-        layout.split(latent["samples"])  # checks that the tensor really has this layout
-    except (LayoutError, KeyError, TypeError) as exc:
-        raise LayerT2VInputError(f"{node}: latent does not match its layout: {exc}") from None
+        samples = latent["samples"]
+        # The whole shape, not only the time axis: a stock node (upscale, crop, trim) keeps the
+        # layout entry of the dict it copies while changing the tensor.
+        expected = layout.latent_shape(batch=1, channels=LATENT_CHANNELS)
+        shape = tuple(getattr(samples, "shape", ()))
+        if len(shape) != 5 or shape[1:] != expected[1:]:
+            raise LayoutError(f"the tensor is {shape} but its layout ({layout.num_foregrounds} foreground(s), "
+                              f"{layout.num_frames} frames, {layout.width}x{layout.height}) needs "
+                              f"(batch, {', '.join(str(n) for n in expected[1:])}); connect the LATENT of "
+                              "LayerT2V Layered Sampler without resizing, trimming or batching it")
+        layout.split(samples)  # checks that the tensor really has this layout
+    except (LayoutError, KeyError, TypeError, ValueError) as exc:
+        raise LayerT2VInputError(f"{node}: layered_latent does not match its layout: {exc}") from None
     return layout
 
 
@@ -122,6 +133,9 @@ class DecodeAlpha(io.ComfyNode):
 
     @classmethod
     def execute(cls, layert2v_vae, mask_latent) -> io.NodeOutput:
+        if isinstance(mask_latent, dict) and LAYOUT_KEY in mask_latent:
+            raise LayerT2VInputError("LayerT2V Decode Alpha: mask_latent is the whole layered latent; connect the "
+                                     "`mask` output of LayerT2V Split Layers instead")
         samples = mask_latent.get("samples") if isinstance(mask_latent, dict) else None
         if samples is None or samples.ndim != 5 or samples.shape[1] != layert2v_vae.mask_vae.z_dim:
             shape = None if samples is None else tuple(samples.shape)
@@ -132,13 +146,20 @@ class DecodeAlpha(io.ComfyNode):
         return io.NodeOutput(alpha[0, 0])
 
 
-def check_image_and_mask(node: str, image: torch.Tensor, mask: torch.Tensor) -> None:
+def check_finite(node: str, name: str, t: torch.Tensor) -> None:
+    bad = ~torch.isfinite(t)
+    if bad.any():
+        raise LayerT2VInputError(f"{node}: {name} contains {int(bad.sum())} NaN or infinite value(s); "
+                                 "every pixel must be a finite number in [0, 1]")
+
+
+def check_image_and_mask(node: str, image: torch.Tensor, mask: torch.Tensor, image_name: str = "foreground",
+                         mask_name: str = "alpha") -> None:
     if mask.ndim != 3 or tuple(image.shape[:3]) != tuple(mask.shape):
-        raise LayerT2VInputError(f"{node}: image {tuple(image.shape)} and alpha {tuple(mask.shape)} differ in "
-                                 "frames/height/width; they must match")
-    for name, t in (("image", image), ("alpha", mask)):
-        if not torch.isfinite(t).all():
-            raise LayerT2VInputError(f"{node}: {name} contains NaN or infinite values")
+        raise LayerT2VInputError(f"{node}: {image_name} {tuple(image.shape)} and {mask_name} {tuple(mask.shape)} "
+                                 "differ in frames/height/width; they must match")
+    check_finite(node, image_name, image)
+    check_finite(node, mask_name, mask)
 
 
 class ComposeRGBA(io.ComfyNode):
@@ -179,6 +200,7 @@ class Recomposite(io.ComfyNode):
     @classmethod
     def execute(cls, background, foreground, alpha) -> io.NodeOutput:
         check_image_and_mask("LayerT2V Recomposite", foreground, alpha)
+        check_finite("LayerT2V Recomposite", "background", background)
         if background.shape[:3] != foreground.shape[:3]:
             raise LayerT2VInputError(f"LayerT2V Recomposite: background {tuple(background.shape)} and foreground "
                                      f"{tuple(foreground.shape)} must have the same frames and size")

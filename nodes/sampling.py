@@ -71,7 +71,10 @@ class LayeredSampler(io.ComfyNode):
         pbar = comfy.utils.ProgressBar(steps)
         try:
             dit.to(layert2v_model.device)
-            latent = pipe.sample_latent(layout, layer_conditioning, config, callback=preview_callback(pbar, layout))
+            # A refusal raised before the first step (memory estimate, conditioning mismatch) is bad
+            # input: one readable line. A cancel (InterruptProcessingException) passes through untouched.
+            with readable_errors("LayerT2V Layered Sampler"):
+                latent = pipe.sample_latent(layout, layer_conditioning, config, callback=preview_callback(pbar, layout))
         finally:
             dit.to(mm.unet_offload_device())  # offload after use, also when cancelled
             mm.soft_empty_cache()

@@ -25,9 +25,9 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from layert2v_core.weight_files import atomic_write_text
+from layert2v_core.weight_files import CorruptWeightsError, atomic_write_text, load_pickle_weights, load_safetensors
 
 LATEST = "latest"
 TMP_SUFFIX = ".tmp"
@@ -112,7 +112,14 @@ def save_checkpoint(
 def _prune(folder: Path, keep_last: int) -> None:
     done = sorted(p for p in folder.glob("step_*") if p.is_dir() and not p.name.endswith(TMP_SUFFIX))
     for old in done[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        # Renamed out of the step_* namespace first: a kill during the slow delete must not leave a
+        # half-deleted folder that looks like a checkpoint.
+        doomed = old.with_name(f".{old.name}.deleting")
+        try:
+            os.replace(old, doomed)
+        except OSError:
+            doomed = old
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 # ---- load ------------------------------------------------------------------------------------------
@@ -138,17 +145,27 @@ class LoadedCheckpoint:
 
 
 def load_checkpoint(folder: str | Path, process_index: int) -> LoadedCheckpoint:
+    """Everything a resume needs; pickles only with weights_only=True, every error names the file."""
     folder = Path(folder)
-    state = TrainerState(**json.loads((folder / "trainer_state.json").read_text()))
-    opt = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
+    state_path = folder / "trainer_state.json"
+    try:
+        raw = json.loads(state_path.read_text())
+        state = TrainerState(**raw)
+        if not all(isinstance(getattr(state, k), int) and getattr(state, k) >= 0 for k in ("step", "batches_per_rank")):
+            raise TypeError(f"step and batches_per_rank must be integers >= 0, got {raw}")
+    except (OSError, ValueError, TypeError) as err:
+        raise CorruptWeightsError(f"{str(state_path)!r} is not a valid trainer state: {err}") from None
+    opt = load_pickle_weights(folder / "optimizer.pt")
+    if not isinstance(opt, dict) or not {"optimizer", "scheduler"} <= set(opt):
+        raise CorruptWeightsError(f"{str(folder / 'optimizer.pt')!r} does not hold optimizer and scheduler states")
     ema_path = folder / "ema.safetensors"
     rng_path = folder / f"rng_rank{process_index}.pt"
     # A run resumed on more processes than it was saved with has no RNG file for the new ranks.
-    rng = torch.load(rng_path, weights_only=True) if rng_path.is_file() else None
+    rng = load_pickle_weights(rng_path) if rng_path.is_file() else None
     return LoadedCheckpoint(
         state=state,
-        trainable=load_file(str(folder / "trainable.safetensors")),
-        ema=load_file(str(ema_path)) if ema_path.is_file() else None,
+        trainable=load_safetensors(folder / "trainable.safetensors"),
+        ema=load_safetensors(ema_path) if ema_path.is_file() else None,
         optimizer=opt["optimizer"],
         scheduler=opt["scheduler"],
         rng=rng,

@@ -8,6 +8,7 @@ foregrounds are composited, and where every file is (paths relative to the set f
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -153,8 +154,13 @@ def _check_output(out, where: str, manifest: dict, has_alpha, root) -> list[str]
         if out.get(key) != manifest[key]:
             problems.append(f"{where}: {key} {out.get(key)!r} differs from the set's {manifest[key]!r}")
     sequence = "pattern" in out
-    if sequence and (not isinstance(out["pattern"], str) or not _is_int(out.get("first_frame"))):
-        problems.append(f"{where}: pattern must be a string and first_frame an integer")
+    if sequence and (not isinstance(out["pattern"], str) or not _is_int(out.get("first_frame"))
+                     or out["first_frame"] < 0):
+        problems.append(f"{where}: pattern must be a string and first_frame an integer >= 0")
+        sequence = False
+    elif sequence and not _plain_frame_pattern(out["pattern"]):
+        problems.append(f"{where}: pattern must be a file name with one frame number (like "
+                        f"'fg.%05d.png'), without folders, got {out['pattern']!r}")
         sequence = False
     if root is not None and not problems:
         base = Path(root) / path
@@ -173,6 +179,19 @@ def _check_fps(fps, key: str) -> list[str]:
             or fps["num"] <= 0 or fps["den"] <= 0):
         return [f"{key} must be {{'num': int > 0, 'den': int > 0, 'value': float}}, got {fps!r}"]
     return []
+
+
+def _plain_frame_pattern(pattern: str) -> bool:
+    """One printf integer field and nothing that could leave the output's folder (untrusted JSON)."""
+    if "/" in pattern or "\\" in pattern or ":" in pattern or pattern in (".", "..") or "\0" in pattern:
+        return False
+    if len(re.findall(r"%0?\d*d", pattern)) != 1 or len(re.findall(r"%[^%]", pattern.replace("%%", ""))) != 1:
+        return False
+    try:
+        name = pattern % 0
+    except (TypeError, ValueError):
+        return False
+    return name not in (".", "..") and not name.startswith("..")
 
 
 def _escapes(path: str) -> bool:

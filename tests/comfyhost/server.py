@@ -89,6 +89,23 @@ class ComfyServer(ComfyClient):
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self.running else None
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server process now (VmRSS from /proc; psutil elsewhere)."""
+        if self.pid is None:
+            raise ServerError("the ComfyUI server is not running")
+        status = Path(f"/proc/{self.pid}/status")
+        if status.exists():
+            for line in status.read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+        import psutil
+
+        return psutil.Process(self.pid).memory_info().rss
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
