@@ -1,6 +1,18 @@
 """LayerT2VPipeline: prompts -> one joint denoising pass -> decoded full, background, foregrounds, alphas.
 
 The API the CLI, the ComfyUI nodes, training evaluation and tests all use.
+
+Memory and speed options (keyword-only, all off or automatic by default so existing callers see the
+same results):
+- memory_check: before sampling, estimate the peak (memory.py) and refuse a job that cannot fit,
+  naming width/height/frames/K and the estimated vs available GiB.
+- offload_text_encoder: after encoding, move an accelerator-resident text encoder to the CPU so the
+  DiT has the device to itself (the embedding cache in text.py keeps repeated prompts free).
+- dit_offload_device: after sampling (also when cancelled), move the DiT there (e.g. "cpu") so the
+  VAE decode has the memory; the next sample_latent moves it back to `device`.
+- compile_dit: run the DiT forward through torch.compile (compiled once per pipeline).
+- vae_tiling: spatial tiling of the RGB and alpha decodes: "auto" (tiles above 480x832), True,
+  None, or a VaeTiling. Decoding is always chunked in time (vae_io.decode_latent).
 """
 
 from __future__ import annotations
@@ -12,8 +24,9 @@ import torch
 
 from .dit import LayeredWanTransformer
 from .layout import BACKGROUND, FOREGROUND, FULL, MASK, LayerLayout
+from .memory import MemoryEstimate, check_memory, estimate_sampling_memory
 from .sampler import SamplerConfig, StepState, sample
-from .vae_io import decode_latent, encode_frames
+from .vae_io import TilingArg, decode_alpha, decode_latent, encode_frames
 
 
 @dataclass
@@ -88,12 +101,22 @@ def encode_conditioning(prompts: LayerPrompts, encoder=None, embeddings: Optiona
 
 
 class LayerT2VPipeline:
-    def __init__(self, dit: LayeredWanTransformer, vae, mask_vae, text_encoder=None, device="cpu"):
+    def __init__(self, dit: LayeredWanTransformer, vae, mask_vae, text_encoder=None, device="cpu", *,
+                 memory_check: bool = True, offload_text_encoder: bool = True, dit_offload_device=None,
+                 compile_dit: bool = False, vae_tiling: TilingArg = "auto", attention: str = "sdpa"):
         self.dit = dit
         self.vae = vae
         self.mask_vae = mask_vae
         self.text_encoder = text_encoder
         self.device = torch.device(device)
+        self.memory_check = memory_check
+        self.offload_text_encoder = offload_text_encoder
+        self.dit_offload_device = torch.device(dit_offload_device) if dit_offload_device is not None else None
+        self.compile_dit = compile_dit
+        self.vae_tiling = vae_tiling
+        self.attention = attention              # what the memory estimate assumes: "sdpa" or "math"
+        self.last_memory_estimate: Optional[MemoryEstimate] = None
+        self._compiled = None
 
     @property
     def max_foregrounds(self) -> int:
@@ -109,16 +132,41 @@ class LayerT2VPipeline:
     def encode_prompts(self, prompts: LayerPrompts, guided: bool = True) -> LayerConditioning:
         if self.text_encoder is None:
             raise ValueError("text_encoder: this pipeline has none; pass precomputed LayerConditioning instead")
-        return encode_conditioning(prompts, encoder=self.text_encoder, guided=guided)
+        conditioning = encode_conditioning(prompts, encoder=self.text_encoder, guided=guided)
+        if self.offload_text_encoder:
+            self.offload_text()
+        return conditioning
+
+    def offload_text(self) -> None:
+        """Text encoder off the accelerator (no-op when it already lives on the CPU)."""
+        encoder = self.text_encoder
+        model = getattr(encoder, "model", None)
+        if model is None or not hasattr(encoder, "offload"):
+            return
+        if next(model.parameters()).device.type != "cpu":
+            encoder.offload()
+            _empty_cache(self.device)
 
     # ---- denoising ---------------------------------------------------------------------------
     def denoiser(self, layout: LayerLayout):
         dit = self.dit
+        forward = self._compiled_dit() if self.compile_dit else dit
 
         def velocity(x, t, context):
             with torch.no_grad():
-                return dit(x.to(dit.dtype), t, context.to(dit.dtype), layout)
+                return forward(x.to(dit.dtype), t, context.to(dit.dtype), layout)
         return velocity
+
+    def _compiled_dit(self):
+        if self._compiled is None or self._compiled[0] is not self.dit:
+            self._compiled = (self.dit, torch.compile(self.dit, dynamic=False))
+        return self._compiled[1]
+
+    def estimate_memory(self, layout: LayerLayout, text_len: int, guided: bool = True) -> MemoryEstimate:
+        """Peak-memory estimate of sampling `layout` on this pipeline's device (see memory.py)."""
+        return estimate_sampling_memory(layout, self.dit, dtype=self.dit.dtype, cfg=guided, text_len=text_len,
+                                        attention=self.attention,
+                                        weights_loaded=self.dit.device.type == self.device.type)
 
     def sample_latent(
         self,
@@ -134,8 +182,18 @@ class LayerT2VPipeline:
                 f"{layout.num_foregrounds}; give one prompt per foreground"
             )
         uncond = conditioning.uncond if float(config.cfg) != 1.0 else None
-        return sample(self.denoiser(layout), layout, conditioning.cond, uncond, config,
-                      given=given, callback=callback, device=self.device)
+        if self.memory_check:
+            estimate = self.estimate_memory(layout, conditioning.cond.shape[2], guided=uncond is not None)
+            self.last_memory_estimate = check_memory(estimate, self.device)
+        if self.dit_offload_device is not None and self.dit.device.type != self.device.type:
+            self.dit.to(self.device)  # back from the offload device of the previous call
+        try:
+            return sample(self.denoiser(layout), layout, conditioning.cond, uncond, config,
+                          given=given, callback=callback, device=self.device)
+        finally:
+            if self.dit_offload_device is not None:
+                self.dit.to(self.dit_offload_device)
+                _empty_cache(self.device)
 
     # ---- decoding ----------------------------------------------------------------------------
     def decode(self, latent: torch.Tensor, layout: LayerLayout) -> LayerFrames:
@@ -143,9 +201,9 @@ class LayerT2VPipeline:
         rgb, alpha = {}, {}
         for seg in layout.segments:
             if seg.kind == MASK:
-                alpha[seg.name] = self.mask_vae.decode_alpha(parts[seg.name])[0, 0]
+                alpha[seg.name] = decode_alpha(self.mask_vae, parts[seg.name], tiling=self.vae_tiling)[0, 0]
             else:
-                rgb[seg.name] = decode_latent(self.vae, parts[seg.name])
+                rgb[seg.name] = decode_latent(self.vae, parts[seg.name], tiling=self.vae_tiling)
         for seg in layout.segments_of_kind(MASK):
             # RGB and alpha decode separately; a valid premultiplied colour never exceeds its alpha.
             fg = f"{FOREGROUND}_{seg.foreground}"
@@ -177,3 +235,8 @@ class LayerT2VPipeline:
             conditioning = self.encode_prompts(prompts, guided=float(config.cfg) != 1.0)
         latent = self.sample_latent(layout, conditioning, config, callback=callback)
         return self.decode(latent, layout)
+
+
+def _empty_cache(device: torch.device) -> None:
+    if device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
