@@ -25,7 +25,7 @@ import torch
 from .dit import LayeredWanTransformer
 from .layout import BACKGROUND, FOREGROUND, FULL, MASK, LayerLayout
 from .memory import MemoryEstimate, check_memory, estimate_sampling_memory
-from .sampler import SamplerConfig, StepState, sample
+from .sampler import Guidance, SamplerConfig, StepState, sample
 from .vae_io import TilingArg, decode_alpha, decode_latent, encode_frames
 
 
@@ -175,6 +175,7 @@ class LayerT2VPipeline:
         config: SamplerConfig,
         given: Optional[dict[str, torch.Tensor]] = None,
         callback: Optional[Callable[[StepState], None]] = None,
+        guidance: Optional[Guidance] = None,
     ) -> torch.Tensor:
         if conditioning.num_foregrounds != layout.num_foregrounds:
             raise ValueError(
@@ -189,7 +190,7 @@ class LayerT2VPipeline:
             self.dit.to(self.device)  # back from the offload device of the previous call
         try:
             return sample(self.denoiser(layout), layout, conditioning.cond, uncond, config,
-                          given=given, callback=callback, device=self.device)
+                          given=given, callback=callback, device=self.device, guidance=guidance)
         finally:
             if self.dit_offload_device is not None:
                 self.dit.to(self.dit_offload_device)

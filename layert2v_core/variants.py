@@ -16,7 +16,7 @@ import torch
 
 from .layout import BACKGROUND, FOREGROUND, FULL, MASK, LayerLayout, LayoutError
 from .pipeline import LayerConditioning, LayerFrames, LayerT2VPipeline
-from .sampler import SamplerConfig, StepState, sample
+from .sampler import SamplerConfig, StepState
 from .trajectory import Keyframe, TrajectoryGuidance, trajectory_targets
 
 VARIANTS = {
@@ -95,18 +95,12 @@ def sample_layers(
     callback: Optional[Callable[[StepState], None]] = None,
 ) -> torch.Tensor:
     """One joint pass with optional given layers and per-foreground trajectories -> normalized latent."""
-    pipe.dit.check_layout(layout)
-    if conditioning.num_foregrounds != layout.num_foregrounds:
-        raise ValueError(f"conditioning has {conditioning.num_foregrounds} foreground prompt(s), layout has "
-                         f"{layout.num_foregrounds}")
     given_latents = encode_given(pipe, layout, given) if given is not None and not given.is_empty() else None
     guidance = None
     if trajectories:
         targets, _ = trajectory_targets(pipe.mask_vae, trajectories, layout)
         guidance = TrajectoryGuidance(layout, targets, trajectory_strength, trajectory_end_step)
-    uncond = conditioning.uncond if float(config.cfg) != 1.0 else None
-    return sample(pipe.denoiser(layout), layout, conditioning.cond, uncond, config, given=given_latents,
-                  callback=callback, device=pipe.device, guidance=guidance)
+    return pipe.sample_latent(layout, conditioning, config, given=given_latents, callback=callback, guidance=guidance)
 
 
 def generate_layers(pipe: LayerT2VPipeline, layout: LayerLayout, conditioning: LayerConditioning,

@@ -2,6 +2,7 @@
 
 from comfy_api.latest import ComfyExtension, io
 
+from .conditional import GivenLayersNode, TrajectoryNode
 from .diagnostics import LayerT2VPing
 from .layers import ComposeRGBA, DecodeAlpha, DecodeLayers, GetForeground, Recomposite, SplitLayers
 from .loaders import LoadLayerT2VModel, LoadLayerT2VTextEncoder, LoadLayerT2VVAE, register_model_folder
@@ -11,7 +12,8 @@ from .save import SaveLayers
 
 NODES = [
     LoadLayerT2VModel, LoadLayerT2VVAE, LoadLayerT2VTextEncoder, LayerPromptsNode, LayeredSampler,
-    SplitLayers, DecodeLayers, GetForeground, DecodeAlpha, ComposeRGBA, Recomposite, SaveLayers, LayerT2VPing,
+    GivenLayersNode, TrajectoryNode, SplitLayers, DecodeLayers, GetForeground, DecodeAlpha, ComposeRGBA,
+    Recomposite, SaveLayers, LayerT2VPing,
 ]
 
 

@@ -12,8 +12,10 @@ from layert2v_core.layout import LayerLayout
 from layert2v_core.pipeline import LayerT2VPipeline
 from layert2v_core.preview import latent_preview
 from layert2v_core.sampler import SAMPLERS, SamplerConfig
+from layert2v_core.variants import sample_layers
 
 from .errors import LayerT2VInputError, readable_errors
+from .conditional import LayerGiven, LayerTrajectory
 from .types import CATEGORY, LayerConditioning, LayerModel
 
 LAYOUT_KEY = "layert2v_layout"   # stored in the LATENT dict next to "samples"
@@ -51,17 +53,24 @@ class LayeredSampler(io.ComfyNode):
                 io.Float.Input("shift", default=5.0, min=0.01, max=100.0, step=0.1),
                 io.Combo.Input("sampler", options=list(SAMPLERS), default="unipc"),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+                LayerGiven.Input("given", optional=True, tooltip="layers to keep (LayerT2V Layer From Video)"),
+                LayerTrajectory.Input("trajectory", optional=True, tooltip="boxes per foreground (LayerT2V Trajectories)"),
             ],
             outputs=[io.Latent.Output(display_name="layered_latent")],
         )
 
     @classmethod
-    def execute(cls, layert2v_model, layer_conditioning, width, height, frames, steps, cfg, shift, sampler, seed):
+    def execute(cls, layert2v_model, layer_conditioning, width, height, frames, steps, cfg, shift, sampler, seed,
+                given=None, trajectory=None):
         with readable_errors("LayerT2V Layered Sampler"):
             dit = layert2v_model.dit
-            pipe = LayerT2VPipeline(dit, vae=None, mask_vae=None, device=layert2v_model.device)
+            source = given if given is not None else trajectory  # both carry the VAE that encodes them
+            layer_vae = source.layer_vae if source is not None else None
+            pipe = LayerT2VPipeline(dit, vae=getattr(layer_vae, "vae", None), mask_vae=getattr(layer_vae, "mask_vae", None),
+                                    device=layert2v_model.device)
             layout = pipe.layout(layer_conditioning.num_foregrounds, frames, height, width)
-            config = SamplerConfig(steps=steps, cfg=cfg, shift=shift, sampler=sampler, seed=seed)
+            config = SamplerConfig(steps=steps, cfg=cfg, shift=shift, sampler=sampler, seed=seed,
+                                   given_mode=given.mode if given is not None else "replace")
             config.validate()
             if layer_conditioning.cond.shape[-1] != dit.text_dim:
                 raise LayerT2VInputError(
@@ -74,7 +83,12 @@ class LayeredSampler(io.ComfyNode):
             # A refusal raised before the first step (memory estimate, conditioning mismatch) is bad
             # input: one readable line. A cancel (InterruptProcessingException) passes through untouched.
             with readable_errors("LayerT2V Layered Sampler"):
-                latent = pipe.sample_latent(layout, layer_conditioning, config, callback=preview_callback(pbar, layout))
+                latent = sample_layers(
+                    pipe, layout, layer_conditioning, config, given=given.layers if given else None,
+                    trajectories=trajectory.keyframes if trajectory else None,
+                    trajectory_strength=trajectory.strength if trajectory else 0.0,
+                    trajectory_end_step=trajectory.end_step if trajectory else 0,
+                    callback=preview_callback(pbar, layout))
         finally:
             dit.to(mm.unet_offload_device())  # offload after use, also when cancelled
             mm.soft_empty_cache()
