@@ -1,11 +1,12 @@
 # `make test`: fresh machine -> venv with CPU torch -> requirements -> system readers -> pytest.
 # `make demo`: the bundled workflow on the built-in demo model through a real ComfyUI server.
+# `make demo-model`: retrain that model (layert2v_core/demo_model/) from scratch on CPU, about 35 minutes.
 PY      ?= python3
 VENV    := .venv
 VPY     := $(VENV)/bin/python
 APT_PKGS := ffmpeg openimageio-tools chromium
 
-.PHONY: test demo venv system-deps bench clean
+.PHONY: test demo demo-model venv system-deps bench clean
 
 venv: $(VENV)/.installed
 
@@ -29,6 +30,9 @@ test: venv system-deps
 
 demo: venv
 	$(VPY) tools/demo.py
+
+demo-model: venv
+	$(VPY) -m training.demo_recipe
 
 bench: venv
 	$(VPY) bench/dit_overhead.py --preset mid

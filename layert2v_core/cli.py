@@ -11,6 +11,9 @@ from tqdm import tqdm
 EXAMPLE = ("python -m layert2v_core generate --prompt 'a red circle over blue stripes' --bg-prompt 'blue stripes' "
            "--fg-prompt 'a red circle' --dit DIT.safetensors --vae VAE.safetensors --adapter ADAPTER "
            "--text-encoder TEXT_ENCODER_DIR --out out/")
+WEIGHT_KEYS = ("dit", "vae", "adapter", "text_encoder")
+# Sampling defaults per model: the demo model was evaluated at these (training/eval_demo.py).
+SAMPLING_DEFAULTS = {"demo": {"steps": 20, "cfg": 4.0, "shift": 3.0}, "given": {"steps": 30, "cfg": 5.0, "shift": 5.0}}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,14 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--frames", type=int, default=17, help="4k+1 frames per layer")
     gen.add_argument("--width", type=int, default=64)
     gen.add_argument("--height", type=int, default=64)
-    gen.add_argument("--steps", type=int, default=30)
-    gen.add_argument("--cfg", type=float, default=5.0)
-    gen.add_argument("--shift", type=float, default=5.0)
+    gen.add_argument("--steps", type=int, default=None, help="default 20 on the built-in demo model, else 30")
+    gen.add_argument("--cfg", type=float, default=None, help="default 4 on the built-in demo model, else 5")
+    gen.add_argument("--shift", type=float, default=None, help="default 3 on the built-in demo model, else 5")
     gen.add_argument("--sampler", default="unipc", choices=["euler", "unipc"])
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--fps", type=float, default=16.0)
     gen.add_argument("--formats", default="png16,prores,h264", help="comma-separated export formats")
     gen.add_argument("--alpha-mode", default="straight", choices=["straight", "premultiplied"])
+    # With none of the four weight options, the built-in demo model (layert2v_core/demo_model/) is used.
     gen.add_argument("--dit", help="Wan2.1 DiT weights (.safetensors file or diffusers folder)")
     gen.add_argument("--vae", help="Wan VAE weights (.safetensors file or diffusers folder)")
     gen.add_argument("--adapter", help="LayerT2V adapter (folder or .safetensors)")
@@ -43,17 +47,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_weights(args) -> dict:
-    given = {"dit": args.dit, "vae": args.vae, "adapter": args.adapter, "text_encoder": args.text_encoder}
+    """The four weight paths; none given -> the built-in demo model. A partial set is refused: the
+    demo's files do not fit other models, so they are never mixed in silently."""
+    given = {k: getattr(args, k) for k in WEIGHT_KEYS}
+    if not any(given.values()):
+        from .demo_model import demo_model_paths
+
+        try:
+            paths = demo_model_paths()
+        except FileNotFoundError as exc:
+            raise SystemExit(f"error: no weights given and {exc}. Nothing is downloaded: give local files, e.g.\n  {EXAMPLE}")
+        print("no weights given: using the built-in demo model (64x64, 17 frames, synthetic shapes)", file=sys.stderr)
+        return {**paths, "demo": True}
     missing = [f"--{k.replace('_', '-')}" for k, v in given.items() if not v]
     if missing:
         raise SystemExit(
-            f"error: no weights for {', '.join(missing)}. No built-in model ships yet, and nothing is "
-            f"downloaded: give local files, e.g.\n  {EXAMPLE}"
+            f"error: no weights for {', '.join(missing)}. Give all four (or none, for the built-in demo "
+            f"model); nothing is downloaded, e.g.\n  {EXAMPLE}"
         )
     for key, value in given.items():
         if not Path(value).exists():
             raise SystemExit(f"error: --{key.replace('_', '-')} {value!r} does not exist")
-    return given
+    return {**given, "demo": False}
+
+
+def apply_sampling_defaults(args, demo: bool) -> None:
+    for key, value in SAMPLING_DEFAULTS["demo" if demo else "given"].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
 
 def generate(args) -> Path:
@@ -63,6 +84,7 @@ def generate(args) -> Path:
     from .sampler import SamplerConfig
 
     weights = resolve_weights(args)
+    apply_sampling_defaults(args, weights["demo"])
     prompts = LayerPrompts(args.prompt, args.bg_prompt, list(args.fg_prompt), negative=args.negative)
     config = SamplerConfig(steps=args.steps, cfg=args.cfg, shift=args.shift, sampler=args.sampler, seed=args.seed)
     config.validate()

@@ -7,6 +7,7 @@ import os
 import folder_paths
 from comfy_api.latest import io
 
+from layert2v_core import demo_model
 from layert2v_core.adapter_format import CONFIG_FILE
 from layert2v_core.loading import DTYPES, LayerT2VModel, load_layer_vae, load_layered_dit, load_text_encoder
 
@@ -15,6 +16,19 @@ from .types import CATEGORY, LayerModel, LayerTextEncoder, LayerVAE
 
 ADAPTER_FOLDER = "layert2v"
 NO_ADAPTER = "none (untrained layers)"
+DEMO = demo_model.DEMO_NAME  # the built-in demo model: listed first in every loader, so it is the default
+DEMO_KEYS = {"diffusion_models": "dit", "vae": "vae", ADAPTER_FOLDER: "adapter", "text_encoders": "text_encoder"}
+
+
+def with_demo(options: list[str]) -> list[str]:
+    return ([DEMO] if demo_model.is_available() else []) + options
+
+
+def demo_path(folder: str) -> str:
+    try:
+        return demo_model.demo_model_paths()[DEMO_KEYS[folder]]
+    except FileNotFoundError as exc:
+        raise LayerT2VInputError(str(exc)) from None
 
 
 def register_model_folder() -> None:
@@ -42,10 +56,14 @@ def _resolve_adapter(name: str) -> str:
 
 
 def resolve_adapter(name: str):
+    if name == DEMO:
+        return demo_path(ADAPTER_FOLDER)
     return None if name == NO_ADAPTER else _resolve_adapter(name)
 
 
 def resolve_model_file(folder: str, name: str, what: str) -> str:
+    if name == DEMO:
+        return demo_path(folder)
     path = folder_paths.get_full_path(folder, name)
     if path is None:
         raise LayerT2VInputError(f"{what}: {name!r} is not in ComfyUI's models/{folder}/ folder")
@@ -65,10 +83,11 @@ class LoadLayerT2VModel(io.ComfyNode):
             node_id="LayerT2VLoadModel",
             display_name="LayerT2V Load Model",
             category=CATEGORY,
-            description="A Wan2.1 T2V DiT from models/diffusion_models plus a LayerT2V adapter from models/layert2v.",
+            description="A Wan2.1 T2V DiT from models/diffusion_models plus a LayerT2V adapter from models/layert2v. "
+                        f"'{DEMO}' is the pack's own miniature model (64x64, 17 frames, synthetic shapes).",
             inputs=[
-                io.Combo.Input("dit_name", options=folder_paths.get_filename_list("diffusion_models")),
-                io.Combo.Input("adapter_name", options=list_adapters() + [NO_ADAPTER]),
+                io.Combo.Input("dit_name", options=with_demo(folder_paths.get_filename_list("diffusion_models"))),
+                io.Combo.Input("adapter_name", options=with_demo(list_adapters()) + [NO_ADAPTER]),
                 io.Combo.Input("dtype", options=list(DTYPES), default="bf16"),
                 io.Combo.Input("device", options=["auto", "cpu"], default="auto"),
             ],
@@ -94,8 +113,8 @@ class LoadLayerT2VVAE(io.ComfyNode):
             category=CATEGORY,
             description="The Wan VAE from models/vae for RGB layers plus the adapter's mask VAE for alpha.",
             inputs=[
-                io.Combo.Input("vae_name", options=folder_paths.get_filename_list("vae")),
-                io.Combo.Input("adapter_name", options=list_adapters() + [NO_ADAPTER]),
+                io.Combo.Input("vae_name", options=with_demo(folder_paths.get_filename_list("vae"))),
+                io.Combo.Input("adapter_name", options=with_demo(list_adapters()) + [NO_ADAPTER]),
                 io.Combo.Input("device", options=["auto", "cpu"], default="auto"),
             ],
             outputs=[LayerVAE.Output(display_name="layert2v_vae")],
@@ -128,9 +147,10 @@ class LoadLayerT2VTextEncoder(io.ComfyNode):
             display_name="LayerT2V Load Text Encoder",
             category=CATEGORY,
             description="A UMT5 encoder folder (config.json, weights, tokenizer) from models/text_encoders. "
-                        "To use ComfyUI's own umt5 file instead, connect a CLIPLoader (type wan) to Layer Prompts.",
+                        "To use ComfyUI's own umt5 file instead, connect a CLIPLoader (type wan) to Layer Prompts. "
+                        f"'{DEMO}' is the demo model's encoder (text_len 32).",
             inputs=[
-                io.Combo.Input("folder", options=list_text_encoder_folders()),
+                io.Combo.Input("folder", options=with_demo(list_text_encoder_folders())),
                 io.Int.Input("text_len", default=512, min=1, max=512),
                 io.Combo.Input("dtype", options=list(DTYPES), default="bf16"),
             ],
@@ -140,6 +160,8 @@ class LoadLayerT2VTextEncoder(io.ComfyNode):
     @classmethod
     def execute(cls, folder, text_len, dtype) -> io.NodeOutput:
         with readable_errors("LayerT2V Load Text Encoder"):
+            if folder == DEMO:
+                return io.NodeOutput(load_text_encoder(demo_path("text_encoders"), text_len=text_len, dtype=dtype))
             for base in folder_paths.get_folder_paths("text_encoders"):
                 path = os.path.join(base, folder)
                 if os.path.isdir(path):

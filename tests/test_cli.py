@@ -15,11 +15,25 @@ def run_cli(*args, cwd=ROOT):
                           timeout=300, env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
 
 
-def test_cli_refuses_without_weights(tmp_path):
-    res = run_cli("generate", "--prompt", "a cat", "--bg-prompt", "grass", "--fg-prompt", "a cat", "--out", str(tmp_path))
+def test_cli_uses_the_built_in_demo_model_without_weights(tmp_path):
+    res = run_cli("generate", "--prompt", "a red circle moving right over blue stripes", "--bg-prompt", "blue stripes",
+                  "--fg-prompt", "a red circle moving right", "--steps", "2", "--formats", "png8", "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "built-in demo model" in res.stderr
+    folder = Path(res.stdout.strip().split("wrote ", 1)[1])
+    manifest = json.loads((folder / "layers.json").read_text())
+    assert manifest["frame_count"] == 17  # the demo model's native size is the default
+    assert {"full", "background", "foreground_1"} <= {layer["name"] for layer in manifest["layers"]}
+
+
+def test_cli_refuses_a_partial_set_of_weights(tmp_path):
+    paths = write_tiny_model_files(tmp_path / "models", max_foregrounds=1)
+    out = tmp_path / "out"
+    res = run_cli("generate", "--prompt", "a cat", "--bg-prompt", "grass", "--fg-prompt", "a cat",
+                  "--dit", str(paths["dit"]), "--out", str(out))
     assert res.returncode != 0
-    assert "--dit" in res.stderr and "nothing is downloaded" in res.stderr
-    assert not any(tmp_path.iterdir())
+    assert "--vae" in res.stderr and "--adapter" in res.stderr and "nothing is downloaded" in res.stderr
+    assert not out.exists()
 
 
 def test_cli_generates_a_layer_set(tmp_path):

@@ -1,9 +1,9 @@
 """`make demo`: the bundled workflow through a real ComfyUI server, layer set copied to ./output/.
 
 Installs the ComfyUI 0.3.75 host offline on first use (.cache/comfyui), starts it on 127.0.0.1 with
-this pack, runs workflows/layered_t2v.json and prints the files it wrote. Until the trained demo
-model ships, the models are tiny random weights: the layers are real outputs of the full pipeline
-but show noise, not the prompted content.
+this pack, runs workflows/layered_t2v.json on the built-in demo model (layert2v_core/demo_model/, a
+miniature LayerT2V trained by `make demo-model` on synthetic shapes: 64x64, 17 frames) and prints the
+files it wrote. Nothing is downloaded and no model files need to be placed in ComfyUI's folders.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from comfyhost.install import ensure_installed  # noqa: E402
-from comfyhost.models import install_tiny_models  # noqa: E402
+from layert2v_core.demo_model import demo_model_paths  # noqa: E402
 from comfyhost.server import ComfyServer  # noqa: E402
 from comfyhost.workflow import ui_to_api  # noqa: E402
 
@@ -28,10 +28,14 @@ OUTPUT = ROOT / "output"
 
 
 def main() -> int:
+    try:
+        demo_model_paths()  # the loaders list it only when its files are complete
+    except FileNotFoundError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     comfy_dir = ensure_installed()
     with tempfile.TemporaryDirectory(prefix="layert2v-demo-") as base:
         base = Path(base)
-        install_tiny_models(base / "models")
         server = ComfyServer(comfy_dir, base).start()
         try:
             print(f"ComfyUI {server.base_url} up in {server.startup_seconds:.1f} s; running {WORKFLOW.name}")

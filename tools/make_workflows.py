@@ -13,8 +13,12 @@ import json
 from pathlib import Path
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
-DEMO = {"dit": "tiny_wan_dit.safetensors", "vae": "tiny_wan_vae.safetensors", "adapter": "tiny_layert2v",
-        "text": "tiny_umt5"}
+# The built-in demo model (layert2v_core/demo_model/), listed under this name by every loader node.
+DEMO_MODEL = "layert2v-demo (built-in)"
+DEMO = {"dit": DEMO_MODEL, "vae": DEMO_MODEL, "adapter": DEMO_MODEL, "text": DEMO_MODEL}
+NEGATIVE = ""                    # the demo model learnt CFG against the empty prompt (text dropout)
+DEMO_TEXT_LEN = 32               # the demo text encoder's training length
+DEMO_CFG, DEMO_SHIFT = 4.0, 3.0  # what training/eval_demo.py measured the demo model at
 
 # (id, type, [widget values in schema order], {input name: (type, from id, from slot)}, [(output name, type)])
 def layered(num_fg: int, prompts: list[str], size=(64, 64), frames=17, steps=20) -> list:
@@ -23,10 +27,10 @@ def layered(num_fg: int, prompts: list[str], size=(64, 64), frames=17, steps=20)
         (1, "LayerT2VLoadModel", [DEMO["dit"], DEMO["adapter"], "fp32", "auto"], {},
          [("layert2v_model", "LAYERT2V_MODEL")]),
         (2, "LayerT2VLoadVAE", [DEMO["vae"], DEMO["adapter"], "auto"], {}, [("layert2v_vae", "LAYERT2V_VAE")]),
-        (3, "LayerT2VLoadTextEncoder", [DEMO["text"], 16, "fp32"], {}, [("text_encoder", "LAYERT2V_TEXT_ENCODER")]),
-        (4, "LayerT2VPrompts", [num_fg, prompts[0], prompts[1], *fg_values, "blurry, flickering"],
+        (3, "LayerT2VLoadTextEncoder", [DEMO["text"], DEMO_TEXT_LEN, "fp32"], {}, [("text_encoder", "LAYERT2V_TEXT_ENCODER")]),
+        (4, "LayerT2VPrompts", [num_fg, prompts[0], prompts[1], *fg_values, NEGATIVE],
          {"text_encoder": ("LAYERT2V_TEXT_ENCODER", 3, 0)}, [("layer_conditioning", "LAYERT2V_CONDITIONING")]),
-        (5, "LayerT2VSampler", [size[0], size[1], frames, steps, 5.0, 5.0, "unipc", 42, "fixed"],
+        (5, "LayerT2VSampler", [size[0], size[1], frames, steps, DEMO_CFG, DEMO_SHIFT, "unipc", 42, "fixed"],
          {"layert2v_model": ("LAYERT2V_MODEL", 1, 0), "layer_conditioning": ("LAYERT2V_CONDITIONING", 4, 0)},
          [("layered_latent", "LATENT")]),
         (6, "LayerT2VDecodeLayers", [], {"layered_latent": ("LATENT", 5, 0), "layert2v_vae": ("LAYERT2V_VAE", 2, 0)},
@@ -36,11 +40,13 @@ def layered(num_fg: int, prompts: list[str], size=(64, 64), frames=17, steps=20)
     ]
 
 
+# Captions in the demo model's training template; red circle and yellow square are (colour, shape)
+# pairs its training data never shows (training/data/synthetic.py, hold_out_pairs).
 SPECS = {
     "layered_t2v": layered(1, ["a red circle moving right over blue stripes", "blue stripes",
                                "a red circle moving right"]),
-    "layered_t2v_two_foregrounds": layered(2, ["a red circle and a yellow square over green dots", "green dots",
-                                               "a red circle moving right", "a yellow square moving down"]),
+    "layered_t2v_two_foregrounds": layered(2, ["a red circle moving right and a yellow square moving down over green dots",
+                                               "green dots", "a red circle moving right", "a yellow square moving down"]),
 }
 
 

@@ -15,7 +15,8 @@ import yaml
 
 from .data.synthetic import SyntheticSpec as SyntheticDataConfig  # one definition of the generator spec
 
-STAGES = ("mask_vae", "joint", "multi_fg")
+# base_vae / base_dit: stage 0, the stand-in for Wan2.1 pretraining (demo model only).
+STAGES = ("base_vae", "base_dit", "mask_vae", "joint", "multi_fg")
 
 
 @dataclass
@@ -30,6 +31,10 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     init_adapter: Optional[str] = None    # adapter folder from the previous stage (its mask / DiT adapter is loaded)
     layert2v: dict = field(default_factory=dict)  # LayerT2VConfig fields (routing, ranks, text_len, ...)
+    train_layer_adaln: bool = True        # false: LayerAdaLN stays at zero (ablation: temporal concatenation only)
+    # Stage 0 only: diffusers configs of the models trained from scratch, {vae: {...}, dit: {...},
+    # text_encoder: {d_model, num_layers, seed}} (AutoencoderKLWan / WanTransformer3DModel / tiny UMT5).
+    architecture: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -37,6 +42,7 @@ class DataConfig:
     root: str = "data/synthetic"
     synthetic: Optional[SyntheticDataConfig] = None  # set: generate `root` first when it holds no samples
     num_foregrounds: Optional[list] = None  # keep only samples with these foreground counts (None: all)
+    max_samples: Optional[int] = None     # keep the first N of those (bounds latent-cache time on CPU)
     frame_stride: int = 1
     random_start: bool = True
     random_crop: bool = False
@@ -44,6 +50,11 @@ class DataConfig:
     cache_latents: bool = False           # precompute VAE latents + text embeddings (clips become deterministic)
     cache_dir: Optional[str] = None       # default: <output_dir>/latent_cache
     text_dropout: float = 0.1             # probability of the negative ("") prompt in every slot: trains CFG
+    # Stage 0 VAE: each example is one of these layers, drawn uniformly (alpha is replicated to RGB,
+    # so the frozen encoder also serves the mask VAE of stage 1).
+    vae_layers: list = field(default_factory=lambda: ["full", "background", "foreground", "alpha"])
+    vae_crop: Optional[int] = None        # stage 0 VAE: random square crop (px) per example; convolutions do not
+                                          # care about size, and a 32 px crop costs a quarter of a 64 px frame
 
 
 @dataclass
@@ -96,7 +107,12 @@ class LossConfig:
     reconstruction: float = 1.0
     edge: float = 1.0
     perceptual: float = 1.0
-    # stages 2 and 3
+    # stage 0 VAE: L1 + MSE on pixels in [-1, 1] + KL to N(0, 1) (small: keeps the latent smooth)
+    pixel_l1: float = 1.0
+    pixel_mse: float = 1.0
+    kl: float = 1.0e-4
+    latent_noise: float = 1.0             # scale of the posterior sample's noise; 0 = deterministic (mode) autoencoder
+    # stages 0 (DiT), 2 and 3
     flow: float = 1.0
     consistency: float = 0.1
     consistency_space: str = "normalized"  # normalized (the DiT's latent, as the paper) | raw (VAE latent)

@@ -47,17 +47,22 @@ class JointTask:
         self.accelerator = accelerator
         self.device = accelerator.device
         self.vae = build_vae(cfg.model, self.device)
+        if cfg.model.kind == "wan":  # a VAE of our own (demo stage 0) has its own statistics: keep them with the adapter
+            self.layert2v.extra.setdefault("latents_mean", list(self.vae.config.latents_mean))
+            self.layert2v.extra.setdefault("latents_std", list(self.vae.config.latents_std))
         self.text_encoder = build_text_encoder(cfg.model, self.layert2v.text_len, self.device)
         with seeded(cfg.seed):
             self.mask_vae = build_mask_vae(self.vae, self.layert2v).to(self.device)
             self.dit = build_dit(cfg.model, self.layert2v, self.device)
             self.dit.add_lora()
         self.load_previous_stage()
+        if not cfg.model.train_layer_adaln:  # ablation (a): temporal concatenation only
+            self.dit.layer_adaln.requires_grad_(False)
         self.mask_vae.requires_grad_(False)
         self.encoder = LayerEncoder(self.vae, self.mask_vae, self.text_encoder, self.layert2v,
                                     patch_size=self.dit.base.config.patch_size)
         self.objective = JointObjective(self.dit, self.mask_vae, cfg.loss)
-        if cfg.model.kind == "tiny" and accelerator.is_main_process:
+        if cfg.model.kind == "tiny" and accelerator.is_main_process:  # kind wan: the text encoder is a file already
             save_text_encoder(self.text_encoder, Path(cfg.output_dir) / "text_encoder")
         return self.objective
 
@@ -68,7 +73,7 @@ class JointTask:
 
     def named_trainable(self):
         named = named_trainable(self.objective)
-        expected = {id(p) for p in self.dit.trainable_parameters()}
+        expected = {id(p) for p in self.dit.trainable_parameters() if p.requires_grad}
         if {id(p) for p in named.values()} != expected:  # peft or a freeze went wrong: fail loudly
             raise RuntimeError("trainable tensors are not exactly the DiT LoRA + LayerAdaLN")
         return named

@@ -51,6 +51,7 @@ def prepare_samples(data: DataConfig, accelerator, max_foregrounds: int | None =
     keep = set(data.num_foregrounds) if data.num_foregrounds else None
     samples = [s for s in samples if (keep is None or s.num_foregrounds in keep)
                and (max_foregrounds is None or s.num_foregrounds <= max_foregrounds)]
+    samples = samples[: data.max_samples] if data.max_samples else samples
     if not samples:
         raise ValueError(f"{root}: no samples with the foreground counts asked for "
                          f"(data.num_foregrounds={data.num_foregrounds}, model max_foregrounds={max_foregrounds})")

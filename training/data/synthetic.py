@@ -45,6 +45,8 @@ class SyntheticSpec:
     min_foregrounds: int = 1
     max_foregrounds: int = 1
     seed: int = 0
+    # Never draw the held-out (colour, shape) pairs, so evaluation can prompt combinations unseen in training.
+    hold_out_pairs: int = 0
 
 
 @dataclass
@@ -87,7 +89,18 @@ def full_caption(shapes: list[ShapeSpec], background: BackgroundSpec) -> str:
     return " and ".join(s.caption for s in shapes) + " over " + background.caption
 
 
-def random_scene(rng: np.random.Generator, num_foregrounds: int) -> tuple[BackgroundSpec, list[ShapeSpec]]:
+def is_held_out_pair(color: str, shape: str) -> bool:
+    """One fixed shape per colour (two colours per shape) is never drawn with `hold_out_pairs`: every
+    colour and every shape still appears in training, only these pairings do not."""
+    return (list(COLORS).index(color) + 2 * SHAPES.index(shape)) % len(SHAPES) == 0
+
+
+def held_out_shape(color: str) -> str:
+    return next(s for s in SHAPES if is_held_out_pair(color, s))
+
+
+def random_scene(rng: np.random.Generator, num_foregrounds: int,
+                 hold_out_pairs: bool = False) -> tuple[BackgroundSpec, list[ShapeSpec]]:
     colors = list(COLORS)
     bg_a, bg_b = rng.choice(colors, size=2, replace=False)
     background = BackgroundSpec(
@@ -107,7 +120,8 @@ def random_scene(rng: np.random.Generator, num_foregrounds: int) -> tuple[Backgr
         lo, hi = radius + 0.02, 1 - radius - 0.02
         sx = rng.uniform(lo - min(0, dx) * speed, hi - max(0, dx) * speed)
         sy = rng.uniform(lo - min(0, dy) * speed, hi - max(0, dy) * speed)
-        shapes.append(ShapeSpec(shape=str(rng.choice(SHAPES)), color=color, texture=str(rng.choice(SHAPE_TEXTURES)),
+        allowed = [s for s in SHAPES if not (hold_out_pairs and is_held_out_pair(color, s))]
+        shapes.append(ShapeSpec(shape=str(rng.choice(allowed)), color=color, texture=str(rng.choice(SHAPE_TEXTURES)),
                                 direction=direction, radius=radius, start=(float(sx), float(sy)), speed=speed))
     return background, shapes
 
@@ -203,7 +217,7 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
 def write_sample(folder: Path, spec: SyntheticSpec, index: int) -> dict:
     rng = np.random.default_rng([spec.seed, index])
     k = int(rng.integers(spec.min_foregrounds, spec.max_foregrounds + 1))
-    background, shapes = random_scene(rng, k)
+    background, shapes = random_scene(rng, k, hold_out_pairs=bool(spec.hold_out_pairs))
     full, bg, alphas = render_clip(background, shapes, spec.num_frames, spec.height, spec.width)
     folder.mkdir(parents=True, exist_ok=True)
     write_rgb_video(folder / FULL_FILE, to_uint8(full), spec.fps)
@@ -239,6 +253,19 @@ def generate(out: str | Path, spec: SyntheticSpec) -> list[Path]:
         folders.append(folder)
     (out / "synthetic_spec.json").write_text(json.dumps(asdict(spec), indent=2))
     return folders
+
+
+def held_out_scenes(seed: int, count: int, num_foregrounds: int) -> list[tuple[BackgroundSpec, list[ShapeSpec]]]:
+    """Scenes whose every foreground is a held-out (colour, shape) pair: with `hold_out_pairs` in the
+    training spec, no training caption ever names these combinations."""
+    scenes = []
+    for i in range(count):
+        rng = np.random.default_rng([seed, 2_000_003, i])
+        background, shapes = random_scene(rng, num_foregrounds)
+        for s in shapes:
+            s.shape = held_out_shape(s.color)
+        scenes.append((background, shapes))
+    return scenes
 
 
 def held_out_prompts(seed: int, count: int, num_foregrounds: int) -> list[dict]:

@@ -1,0 +1,229 @@
+"""The built-in demo model, end to end, in one command (CPU, about 35 minutes on 2 shared cores):
+
+    python -m training.demo_recipe                 # or: make demo-model
+    python -m training.demo_recipe --smoke         # every step at a few optimizer steps (minutes)
+
+Steps (each an ordinary stage entry point with a `training/configs/demo_*.yaml` config):
+  stage 0a tiny Wan VAE -> stage 0b tiny Wan T2V DiT (+ text encoder) -> stage 1 mask VAE ->
+  stage 2 (= ablation arm c) -> arms a and b in parallel -> stage 3 (up to 3 foregrounds) ->
+  evaluation of the arms and the final model -> files into layert2v_core/demo_model/.
+A step whose output already exists is skipped, so a crashed run continues where it stopped.
+Resolved configs go to <out>/configs/, logs to <out>/logs/, wall times to <out>/timings.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "training" / "configs"
+DEFAULT_OUT = "output/demo"          # the prefix every demo config's paths start with
+DEMO_MODEL_DIR = REPO / "layert2v_core" / "demo_model"
+
+
+@dataclass
+class Step:
+    name: str
+    module: str
+    config: str
+    done: str                         # relative to <out>: present -> the step is skipped
+    overrides: dict = field(default_factory=dict)
+
+
+# The ablation (paper Table 3 in miniature), all with stage 2's budget: only the overrides differ.
+ARMS = {
+    "a_concat": {"output_dir": "output/demo/ablation_a_concat", "model.layert2v.routing": "all",
+                 "model.train_layer_adaln": False},
+    "b_adaln": {"output_dir": "output/demo/ablation_b_adaln", "model.layert2v.routing": "all"},
+}
+
+STEPS = [
+    Step("stage0_vae", "training.stage0_base", "demo_stage0_vae.yaml", "stage0_vae/adapter/vae.safetensors"),
+    Step("stage0_dit", "training.stage0_base", "demo_stage0_dit.yaml", "stage0_dit/adapter/dit.safetensors"),
+    Step("stage1", "training.stage1_mask_vae", "demo_stage1.yaml", "stage1/adapter/mask_adapter.safetensors"),
+    Step("stage2_c_paper", "training.stage2_joint", "demo_stage2.yaml", "stage2/adapter/layert2v_config.json"),
+]
+PARALLEL = [  # two processes, one thread each: the machine's two cores
+    [Step("ablation_a_concat", "training.stage2_joint", "demo_stage2.yaml",
+          "ablation_a_concat/adapter/layert2v_config.json", ARMS["a_concat"]),
+     Step("ablation_b_adaln", "training.stage2_joint", "demo_stage2.yaml",
+          "ablation_b_adaln/adapter/layert2v_config.json", ARMS["b_adaln"])],
+]
+FINAL = Step("stage3", "training.stage3_multi_fg", "demo_stage3.yaml", "stage3/adapter/layert2v_config.json")
+
+SMOKE = {"steps": 3, "num_samples": 24, "max_samples": 4}
+
+
+def resolve_config(step: Step, out: str, smoke: bool) -> dict:
+    """The YAML with its output/demo/ paths moved under `out` and the step's overrides applied."""
+    text = (CONFIGS / step.config).read_text().replace(DEFAULT_OUT + "/", out.rstrip("/") + "/")
+    config = yaml.safe_load(text)
+    for key, value in step.overrides.items():
+        node = config
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value.replace(DEFAULT_OUT + "/", out.rstrip("/") + "/") if isinstance(value, str) else value
+    if smoke:  # same code paths, a few steps each
+        for phase in config["phases"]:
+            phase["steps"] = SMOKE["steps"]
+        config["data"]["synthetic"]["num_samples"] = SMOKE["num_samples"]
+        if config["data"].get("max_samples"):
+            config["data"]["max_samples"] = SMOKE["max_samples"]
+        config.setdefault("eval", {}).update({"num_prompts": 1, "steps": 2})
+    return config
+
+
+def launch(step: Step, out: Path, smoke: bool):
+    config = resolve_config(step, str(out), smoke)
+    path = out / "configs" / f"{step.name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    log = out / "logs" / f"{step.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", step.module, "--config", str(path), "--resume", "auto"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_MININTERVAL": "30"}
+    print(f"[{time.strftime('%H:%M:%S')}] {step.name}: {' '.join(cmd)} > {log}", flush=True)
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def run_group(steps: list[Step], out: Path, smoke: bool, timings: dict) -> None:
+    todo = [s for s in steps if not (out / s.done).exists()]
+    for s in steps:
+        if s not in todo:
+            print(f"{s.name}: done already ({out / s.done})", flush=True)
+    started = time.time()
+    procs = [(s, launch(s, out, smoke)) for s in todo]
+    for s, proc in procs:
+        if proc.wait() != 0:
+            raise SystemExit(f"{s.name} failed (exit {proc.returncode}); see {out / 'logs' / (s.name + '.log')}")
+        timings[s.name] = round(time.time() - started, 1)
+        print(f"[{time.strftime('%H:%M:%S')}] {s.name}: finished after {timings[s.name]:.0f} s", flush=True)
+
+
+def _eval_args(out: Path, smoke: bool) -> tuple[list[str], list[str]]:
+    base = ["--dit", str(out / "stage0_dit/adapter/dit.safetensors"), "--vae", str(out / "stage0_vae/adapter/vae.safetensors"),
+            "--text-encoder", str(out / "stage0_dit/text_encoder")]
+    count = ["--prompts", "2", "--steps", "4"] if smoke else []
+    return base, count
+
+
+def evaluate_arms(out: Path, smoke: bool, timings: dict) -> None:
+    """The three ablation arms on held-out prompt combinations (training/eval_demo.py)."""
+    started = time.time()
+    base, count = _eval_args(out, smoke)
+    arms = {"(a) temporal concat only": "ablation_a_concat", "(b) + LayerAdaLN": "ablation_b_adaln",
+            "(c) + LayerAdaLN + routed cross-attn": "stage2"}
+    results = []
+    for label, folder in arms.items():
+        target = out / "eval" / f"{folder}.json"
+        subprocess.run([sys.executable, "-m", "training.eval_demo", *base, "--adapter", str(out / folder / "adapter"),
+                        "--name", label, "--json", str(target), *count], cwd=REPO, check=True)
+        results.append(str(target))
+    timings["evaluation_ablation"] = round(time.time() - started, 1)
+
+
+def evaluate_final(out: Path, smoke: bool, timings: dict) -> None:
+    started = time.time()
+    base, count = _eval_args(out, smoke)
+    for k in (1, 2):
+        target = out / "eval" / f"final_k{k}.json"
+        sheet = ["--sheet", str(out / "eval" / "demo_contact_sheet.png")] if k == 2 else []
+        subprocess.run([sys.executable, "-m", "training.eval_demo", *base, "--adapter", str(out / "stage3/adapter"),
+                        "--name", f"demo model (stage 3), {k} fg", "--foregrounds", str(k), "--json", str(target),
+                        *sheet, *count], cwd=REPO, check=True)
+    timings["evaluation_final"] = round(time.time() - started, 1)
+
+
+def install(out: Path, timings: dict, command: str) -> None:
+    """Copy the shipped files into layert2v_core/demo_model/ with a manifest of how they were made."""
+    DEMO_MODEL_DIR.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(out / "stage0_dit/adapter/dit.safetensors", DEMO_MODEL_DIR / "dit.safetensors")
+    shutil.copy2(out / "stage0_vae/adapter/vae.safetensors", DEMO_MODEL_DIR / "vae.safetensors")
+    for name, src in (("adapter", out / "stage3/adapter"), ("text_encoder", out / "stage0_dit/text_encoder")):
+        shutil.rmtree(DEMO_MODEL_DIR / name, ignore_errors=True)
+        shutil.copytree(src, DEMO_MODEL_DIR / name)
+    for p in DEMO_MODEL_DIR.rglob("*"):
+        p.chmod(0o755 if p.is_dir() else 0o644)  # atomic saves write 0600 temp files; these ship
+    files = sorted(p for p in DEMO_MODEL_DIR.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".json", ".txt")
+                   and p.name != "manifest.json")
+    manifest = {
+        "command": command,
+        "wall_seconds": timings,
+        "files": {str(p.relative_to(DEMO_MODEL_DIR)): p.stat().st_size for p in files},
+        "total_bytes": sum(p.stat().st_size for p in files),
+        "machine": f"{os.cpu_count()} CPU cores (shared), torch threads 1 per process",
+    }
+    (DEMO_MODEL_DIR / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(f"installed the demo model in {DEMO_MODEL_DIR} ({manifest['total_bytes'] / 1e6:.1f} MB)", flush=True)
+
+
+def publish(out: Path) -> None:
+    """The README's material: docs/demo_contact_sheet.png and docs/demo_eval.md (both tables)."""
+    from .eval_demo import markdown_table
+
+    docs = REPO / "docs"
+    docs.mkdir(exist_ok=True)
+    for suffix in (".png", ".txt"):  # the sheet and its prompts
+        shutil.copyfile(out / "eval" / f"demo_contact_sheet{suffix}", docs / f"demo_contact_sheet{suffix}")
+    load = lambda name: json.loads((out / "eval" / f"{name}.json").read_text())  # noqa: E731
+    final = [load("final_k1"), load("final_k2")]
+    arms = [load("ablation_a_concat"), load("ablation_b_adaln"), load("stage2")]
+    text = ["# Demo model evaluation", "", "Final model (stage 3), held-out (colour, shape) pairs:", "",
+            markdown_table(final), "", "Ablation, stage 2 budget, 1 foreground:", "", markdown_table(arms), ""]
+    text += [f"- {r['name']}: `{r['command']}`" for r in final + arms]
+    (docs / "demo_eval.md").write_text(("\n".join(text) + "\n").replace(str(REPO) + "/", ""))
+    print(f"wrote {docs / 'demo_contact_sheet.png'} and {docs / 'demo_eval.md'}", flush=True)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=None, help=f"run folder (default {DEFAULT_OUT}, or output/demo_smoke with --smoke)")
+    parser.add_argument("--smoke", action="store_true", help="a few steps per stage: checks the recipe runs")
+    parser.add_argument("--no-install", action="store_true", help="leave layert2v_core/demo_model/ as it is")
+    parser.add_argument("--no-eval", action="store_true")
+    args = parser.parse_args(argv)
+    out = Path(args.out or ("output/demo_smoke" if args.smoke else DEFAULT_OUT))
+    if not out.is_absolute():
+        out = REPO / out
+    timings_path = out / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    started = time.time()
+    for step in STEPS:
+        run_group([step], out, args.smoke, timings)
+    for group in PARALLEL:
+        run_group(group, out, args.smoke, timings)
+    # Stage 3 trains while the ablation arms are evaluated (one process each, two cores).
+    stage3 = threading.Thread(target=run_group, args=([FINAL], out, args.smoke, timings))
+    stage3.start()
+    if not args.no_eval:
+        evaluate_arms(out, args.smoke, timings)
+    stage3.join()
+    if not (out / FINAL.done).exists():
+        raise SystemExit("stage 3 failed; see its log")
+    timings["training_total_this_invocation"] = round(time.time() - started, 1)
+    timings_path.write_text(json.dumps(timings, indent=2) + "\n")
+    if not args.no_eval:
+        evaluate_final(out, args.smoke, timings)
+    timings["total_this_invocation"] = round(time.time() - started, 1)
+    timings_path.write_text(json.dumps(timings, indent=2) + "\n")
+    if not (args.smoke or args.no_install):
+        install(out, timings, "python -m training.demo_recipe")
+        if not args.no_eval:
+            publish(out)
+    print(json.dumps(timings, indent=2), flush=True)
+
+
+if __name__ == "__main__":
+    main()

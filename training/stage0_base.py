@@ -1,0 +1,344 @@
+"""Stage 0 (demo model only): the stand-in for Wan2.1's own pretraining, from scratch, on full videos.
+
+    python -m training.stage0_base --config training/configs/demo_stage0_vae.yaml   # tiny Wan VAE
+    python -m training.stage0_base --config training/configs/demo_stage0_dit.yaml   # tiny Wan T2V DiT
+
+`base_vae` trains an AutoencoderKLWan (L1 + MSE + small KL) on single layers: full, background,
+premultiplied foreground and alpha replicated to RGB, so the frozen encoder also serves stage 1's mask
+VAE. Its export sets `latents_mean` / `latents_std` in the config to the measured latent statistics and
+writes `<output_dir>/adapter/vae.safetensors` (config in the header, loadable by `load_wan_vae`).
+
+`base_dit` builds the tiny UMT5 text encoder + tokenizer in code from the caption vocabulary (frozen,
+random: its token features still tell words apart), saves it to `<output_dir>/text_encoder/`, and
+trains a WanTransformer3DModel with rectified flow on full-video latents only (text dropout for CFG).
+Export: `<output_dir>/adapter/dit.safetensors` (loadable by `load_wan_transformer`).
+
+Stages 1-3 then load these files with `model.kind: wan`: the same code path as the real Wan2.1 files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+
+import torch
+import torch.nn as nn
+from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+from layert2v_core.text import TextEncoder
+from layert2v_core.tiny import TINY_WORDS, build_tiny_tokenizer, build_tiny_umt5
+from layert2v_core.vae_io import decode_latent, encode_frames
+from layert2v_core.weights import save_with_config
+
+from .config import RunConfig, load_config
+from .data.synthetic import held_out_prompts
+from .data.vidlayer import VidLayerDataset, collate_layered, frame_indices
+from .eval_hook import pick_frames, save_sheet
+from .models import SYNTHETIC_WORDS, build_vae, save_text_encoder
+from .stage_common import clip_spec, parse_args, prepare_samples, seeded
+from .timesteps import logit_normal
+
+VAE_FILE = "vae.safetensors"
+DIT_FILE = "dit.safetensors"
+TEXT_ENCODER_DIR = "text_encoder"
+STATS_SAMPLES = 48  # clips used to measure the latent mean / std at export
+
+
+def _to_vae_input(frames: torch.Tensor) -> torch.Tensor:
+    """(F, H, W, 3) in [0, 1] -> (3, F, H, W) in [-1, 1]."""
+    return frames.permute(3, 0, 1, 2) * 2.0 - 1.0
+
+
+def _random_crop(x: torch.Tensor, size, generator) -> torch.Tensor:
+    """(C, F, H, W) -> (C, F, size, size) at a random offset (whole clip when size is None)."""
+    if not size:
+        return x
+    top = int(torch.randint(x.shape[-2] - size + 1, (1,), generator=generator))
+    left = int(torch.randint(x.shape[-1] - size + 1, (1,), generator=generator))
+    return x[..., top:top + size, left:left + size]
+
+
+class MemoryClips(torch.utils.data.Dataset):
+    """VidLayerDataset items, each whole video decoded once and kept (fp16): the VAE visits every sample
+    several times, and decoding four small videos per item cost more than the VAE step itself."""
+
+    def __init__(self, samples, clip):
+        self.whole = VidLayerDataset(samples, dataclasses.replace(clip, num_frames=1, random_start=False))
+        self.clip = clip
+        self.store: dict[int, dict] = {}
+
+    def __len__(self):
+        return len(self.whole)
+
+    def __getitem__(self, key):
+        index, seed = key if isinstance(key, tuple) else (key, 0)
+        if index not in self.store:
+            total = self.whole._total_frames(index)
+            self.whole.clip = dataclasses.replace(self.whole.clip, num_frames=total)
+            item = self.whole[(index, 0)]
+            self.store[index] = {"full": item["full"].half(), "background": item["background"].half(),
+                                 "alpha": item["alpha"].half(), "prompts": item["prompts"], "name": item["name"]}
+        kept = self.store[index]
+        idx = frame_indices(kept["full"].shape[0], self.clip, np.random.default_rng([seed, index]))
+        full, alpha = kept["full"][idx].float(), kept["alpha"][:, idx].float()
+        return {"name": kept["name"], "prompts": kept["prompts"], "full": full, "alpha": alpha,
+                "background": kept["background"][idx].float(), "foreground": full[None] * alpha[..., None]}
+
+
+# ---- base VAE ---------------------------------------------------------------------------------------
+class VAEObjective(nn.Module):
+    def __init__(self, vae: AutoencoderKLWan, loss):
+        super().__init__()
+        self.vae = vae
+        self.loss = loss
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> dict[str, torch.Tensor]:
+        posterior = self.vae.encode(x).latent_dist
+        # Reparameterised sample, eps from the step generator. A fresh encoder's std is ~1 against means
+        # ~0.1: at full noise the decoder learns from near-pure noise for a long time.
+        z = posterior.mean + self.loss.latent_noise * posterior.std * eps
+        rec = self.vae.decode(z).sample
+        l1 = (rec - x).abs().mean()
+        mse = (rec - x).pow(2).mean()
+        kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
+        w = self.loss
+        loss = w.pixel_l1 * l1 + w.pixel_mse * mse + w.kl * kl
+        psnr = 10 * torch.log10(4.0 / mse.detach().clamp_min(1e-10))  # peak-to-peak 2 in [-1, 1]
+        return {"loss": loss, "l1": l1, "mse": mse, "kl": kl, "psnr": psnr}
+
+
+class BaseVAETask:
+    stage = "base_vae"
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+
+    def setup(self, accelerator):
+        self.accelerator = accelerator
+        self.device = accelerator.device
+        with seeded(self.config.seed):
+            self.vae = AutoencoderKLWan(**self.config.model.architecture["vae"]).to(self.device)
+        self.vae.train().requires_grad_(True)
+        self.objective = VAEObjective(self.vae, self.config.loss)
+        return self.objective
+
+    def named_trainable(self):
+        return {n: p for n, p in self.objective.named_parameters() if p.requires_grad}
+
+    def dataset(self, phase, phase_index):
+        self.samples = prepare_samples(self.config.data, self.accelerator)
+        return MemoryClips(self.samples, clip_spec(phase, self.config.data)), \
+            [s.num_foregrounds for s in self.samples], collate_layered
+
+    def make_inputs(self, batch, phase, generator):
+        kinds = self.config.data.vae_layers
+        clips = []
+        for b in range(batch["full"].shape[0]):
+            kind = kinds[int(torch.randint(len(kinds), (1,), generator=generator))]
+            k = int(torch.randint(batch["alpha"].shape[1], (1,), generator=generator))
+            if kind == "alpha":
+                frames = batch["alpha"][b, k][..., None].expand(-1, -1, -1, 3)
+            elif kind == "foreground":
+                frames = batch["foreground"][b, k]
+            else:
+                frames = batch[kind][b]
+            clips.append(_random_crop(_to_vae_input(frames), self.config.data.vae_crop, generator))
+        x = torch.stack(clips)
+        z_dim = self.vae.config.z_dim
+        latent_shape = (x.shape[0], z_dim, (x.shape[2] - 1) // 4 + 1, x.shape[3] // 8, x.shape[4] // 8)
+        eps = torch.randn(latent_shape, generator=generator)
+        return {"x": x.to(self.device), "eps": eps.to(self.device)}
+
+    def _stats_clips(self) -> list[torch.Tensor]:
+        """Deterministic full and background clips (the last phase's size) for statistics and eval."""
+        phase = self.config.phases[-1]
+        data = VidLayerDataset(self.samples[:STATS_SAMPLES], clip_spec(phase, self.config.data, deterministic=True))
+        clips = []
+        for i in range(len(data)):
+            item = data[(i, 0)]
+            clips += [item["full"], item["background"]]
+        return clips
+
+    @torch.no_grad()
+    def export(self, folder: Path) -> None:
+        was_training = self.vae.training
+        self.vae.eval()
+        modes = torch.cat([self.vae.encode(_to_vae_input(c)[None].to(self.device)).latent_dist.mode()
+                           for c in self._stats_clips()])
+        # Normalised latents of unit scale per channel: what the DiT's flow matching assumes.
+        per_channel = modes.transpose(0, 1).flatten(1)
+        self.vae.register_to_config(latents_mean=per_channel.mean(1).tolist(), latents_std=per_channel.std(1).tolist())
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_with_config(self.vae, folder / VAE_FILE)
+        self.vae.train(was_training)
+
+    @torch.no_grad()
+    def evaluate(self, output_dir: Path, step: int):
+        self.vae.eval()
+        rows, labels, psnrs = [], [], []
+        for clip in self._stats_clips()[:4]:
+            rec = decode_latent(self.vae, encode_frames(self.vae, clip.to(self.device))).cpu()
+            psnrs.append(float(10 * torch.log10(1.0 / (rec - clip).pow(2).mean())))
+            for f in pick_frames(clip.shape[0]):
+                rows.append([clip[f].numpy(), rec[f].numpy(), (rec[f] - clip[f]).abs().numpy()])
+                labels.append(f"c{len(psnrs) - 1} f{f}")
+        self.vae.train()
+        path = save_sheet(rows, ["input", "decoded", "|error|"], Path(output_dir) / "eval" / f"base_vae_step{step:06d}.png", labels)
+        path.with_suffix(".txt").write_text(f"psnr_db: {sum(psnrs) / len(psnrs):.2f}\n")
+        return path
+
+
+# ---- base DiT ---------------------------------------------------------------------------------------
+def build_demo_text_encoder(architecture: dict, text_len: int, device) -> TextEncoder:
+    """Tokenizer over the caption vocabulary (+ the tiny word list, so other prompts still tokenize)."""
+    tokenizer = build_tiny_tokenizer(tuple(TINY_WORDS) + tuple(SYNTHETIC_WORDS))
+    model = build_tiny_umt5(len(tokenizer), seed=architecture.get("seed", 0),
+                            d_model=architecture.get("d_model", 64)).to(device)
+    return TextEncoder(model, tokenizer, text_len=text_len, device=device, cache_size=8192)
+
+
+class FlowObjective(nn.Module):
+    """Rectified flow on full-video latents: x_t = t*noise + (1-t)*x0, target v = noise - x0."""
+
+    def __init__(self, dit: WanTransformer3DModel):
+        super().__init__()
+        self.dit = dit
+
+    def forward(self, latent, noise, t, context) -> dict[str, torch.Tensor]:
+        tt = t.view(-1, 1, 1, 1, 1)
+        x_t = tt * noise + (1 - tt) * latent
+        v = self.dit(hidden_states=x_t, timestep=t * 1000.0, encoder_hidden_states=context, return_dict=False)[0]
+        flow = (v.float() - (noise - latent)).pow(2).mean()
+        return {"loss": flow, "flow": flow}
+
+
+class FullLatentDataset(torch.utils.data.Dataset):
+    def __init__(self, latents: torch.Tensor, captions: list[str]):
+        self.latents, self.captions = latents, captions
+
+    def __len__(self):
+        return len(self.captions)
+
+    def __getitem__(self, key):
+        index = key[0] if isinstance(key, tuple) else key
+        return {"latent": self.latents[index], "caption": self.captions[index]}
+
+
+def collate_full(items):
+    return {"latent": torch.stack([it["latent"] for it in items]), "caption": [it["caption"] for it in items]}
+
+
+class BaseDiTTask:
+    stage = "base_dit"
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+        self.text_len = int(config.model.layert2v.get("text_len", 32))
+
+    def setup(self, accelerator):
+        cfg = self.config
+        self.accelerator = accelerator
+        self.device = accelerator.device
+        arch = cfg.model.architecture
+        self.vae = build_vae(cfg.model, self.device)  # stage 0 VAE file, frozen
+        self.text_encoder = build_demo_text_encoder(arch.get("text_encoder", {}), self.text_len, self.device)
+        if accelerator.is_main_process:
+            save_text_encoder(self.text_encoder, Path(cfg.output_dir) / TEXT_ENCODER_DIR)
+        with seeded(cfg.seed):
+            self.dit = WanTransformer3DModel(**{**arch["dit"], "text_dim": self.text_encoder.model.config.d_model})
+        self.dit.to(self.device).train().requires_grad_(True)
+        self.objective = FlowObjective(self.dit)
+        return self.objective
+
+    def named_trainable(self):
+        return {n: p for n, p in self.objective.named_parameters() if p.requires_grad}
+
+    def dataset(self, phase, phase_index):
+        samples = prepare_samples(self.config.data, self.accelerator)
+        clip = clip_spec(phase, self.config.data, deterministic=True)
+        cache = Path(self.config.output_dir) / f"full_latents_{clip.num_frames}x{clip.height}x{clip.width}.pt"
+        if cache.is_file():
+            latents = torch.load(cache, weights_only=True)
+        else:  # the frozen VAE runs once per sample, not once per step
+            data = VidLayerDataset(samples, clip)
+            latents = torch.cat([encode_frames(self.vae, data[(i, 0)]["full"].to(self.device)).cpu()
+                                 for i in range(len(data))])
+            if self.accelerator.is_main_process:
+                torch.save(latents, cache)
+        return FullLatentDataset(latents, [s.full_caption for s in samples]), [0] * len(samples), collate_full
+
+    @torch.no_grad()
+    def _context(self, captions: list[str]) -> torch.Tensor:
+        return torch.stack([self.text_encoder.encode(c).float() for c in captions])
+
+    def make_inputs(self, batch, phase, generator):
+        cfg = self.config
+        latent = batch["latent"].float()
+        n = latent.shape[0]
+        drop = (torch.rand(n, generator=generator) < cfg.data.text_dropout).tolist()
+        context = self._context(["" if d else c for d, c in zip(drop, batch["caption"])])
+        noise = torch.randn(latent.shape, generator=generator)
+        t = logit_normal(n, cfg.timesteps.mean, cfg.timesteps.std, generator)
+        dev = self.device
+        return {"latent": latent.to(dev), "noise": noise.to(dev), "t": t.to(dev), "context": context.to(dev)}
+
+    def export(self, folder: Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_with_config(self.dit, folder / DIT_FILE)
+
+    @torch.no_grad()
+    def evaluate(self, output_dir: Path, step: int):
+        ev, phase = self.config.eval, self.config.phases[-1]
+        prompts = [p["full"] for p in held_out_prompts(self.config.seed, ev.num_prompts, ev.num_foregrounds)]
+        self.dit.eval()
+        rows, labels = [], []
+        gen = torch.Generator().manual_seed(ev.seed)
+        for i, prompt in enumerate(prompts):
+            shape = (1, self.dit.config.in_channels, (phase.num_frames - 1) // 4 + 1, phase.height // 8, phase.width // 8)
+            latent = euler_sample(self.dit, torch.randn(shape, generator=gen).to(self.device), self._context([prompt]).to(self.device),
+                                  self._context([""]).to(self.device), ev.steps, ev.cfg, ev.shift)
+            frames = decode_latent(self.vae, latent).cpu()
+            rows.append([frames[f].numpy() for f in pick_frames(phase.num_frames)])
+            labels.append(f"p{i}")
+        self.dit.train()
+        path = Path(output_dir) / "eval" / f"base_dit_step{step:06d}.png"
+        save_sheet(rows, [f"frame {f}" for f in pick_frames(phase.num_frames)], path, labels)
+        path.with_suffix(".txt").write_text("".join(f"p{i}: {p}\n" for i, p in enumerate(prompts)))
+        return path
+
+
+@torch.no_grad()
+def euler_sample(dit, noise, cond, uncond, steps: int, cfg: float, shift: float) -> torch.Tensor:
+    """Plain flow-matching Euler with CFG, for the base model's eval sheet (the layered sampler needs a layout)."""
+    sigmas = torch.linspace(1.0, 0.0, steps + 1)
+    sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+    x = noise
+    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+        t = torch.full((1,), float(s) * 1000.0, device=x.device)
+        v_c = dit(hidden_states=x, timestep=t, encoder_hidden_states=cond, return_dict=False)[0]
+        v_u = dit(hidden_states=x, timestep=t, encoder_hidden_states=uncond, return_dict=False)[0]
+        x = x + (s_next - s) * (v_u + cfg * (v_c - v_u))
+    return x
+
+
+TASKS = {"base_vae": BaseVAETask, "base_dit": BaseDiTTask}
+
+
+def main(argv=None):
+    from .engine import Trainer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = parse_args(__doc__, argv)
+    config = load_config(args.config, args.set)  # one entry point, two stages: the file says which
+    if config.stage not in TASKS:
+        raise ValueError(f"{args.config} is a stage {config.stage!r} config; this entry point trains {sorted(TASKS)}")
+    return Trainer(config, TASKS[config.stage](config), resume=args.resume, stop_after=args.stop_after).run()
+
+
+if __name__ == "__main__":
+    main()
