@@ -43,7 +43,49 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", default="fp32", choices=["bf16", "fp16", "fp32"])
     gen.add_argument("--device", default="cpu")
     gen.add_argument("--out", required=True, help="output folder; one sub-folder per generation")
+    given = gen.add_argument_group("conditional generation (layers you already have are kept)")
+    given.add_argument("--full-video", help="decompose: a video or image folder used as the full layer")
+    given.add_argument("--bg-video", help="foregrounds for this background (video or image folder)")
+    given.add_argument("--fg-video", action="append", default=[],
+                       help="background for this RGBA foreground (ProRes 4444 / WebM / PNG folder); repeat per foreground")
+    given.add_argument("--given-mode", default="replace", choices=["replace", "native"],
+                       help="replace works with any checkpoint; native needs conditional stage-2 training")
+    given.add_argument("--trajectories", help='JSON (or a .json file): {"1": [[frame, x0, y0, x1, y1], ...]} normalized')
+    given.add_argument("--trajectory-strength", type=float, default=0.8)
+    given.add_argument("--trajectory-end-step", type=int, default=8)
     return parser
+
+
+def given_layers(args, num_frames: int, height: int, width: int):
+    """GivenLayers from --full-video / --bg-video / --fg-video, or None."""
+    from .variants import GivenLayers
+    from .video_in import read_clip
+
+    if not (args.full_video or args.bg_video or args.fg_video):
+        return None
+    given = GivenLayers(foreground_is="straight")
+    if args.full_video:
+        given.full, _ = read_clip(args.full_video, num_frames, height, width)
+    if args.bg_video:
+        given.background, _ = read_clip(args.bg_video, num_frames, height, width)
+    for k, path in enumerate(args.fg_video, start=1):
+        rgb, alpha = read_clip(path, num_frames, height, width)
+        if alpha is None:
+            raise ValueError(f"--fg-video {path!r} has no alpha channel; give an RGBA clip (ProRes 4444, WebM VP9 "
+                             "with alpha, or PNG frames with alpha)")
+        given.foregrounds[k], given.alphas[k] = rgb, alpha
+    return given
+
+
+def trajectories(args, num_foregrounds: int):
+    from .trajectory import parse_trajectories
+
+    if not args.trajectories:
+        return None
+    text = args.trajectories
+    if text.strip().endswith(".json") and Path(text).is_file():
+        text = Path(text).read_text()
+    return parse_trajectories(text, num_foregrounds)
 
 
 def resolve_weights(args) -> dict:
@@ -82,6 +124,7 @@ def generate(args) -> Path:
     from .loading import load_layer_vae, load_layered_dit, load_text_encoder
     from .pipeline import LayerPrompts, LayerT2VPipeline
     from .sampler import SamplerConfig
+    from .variants import sample_layers
 
     weights = resolve_weights(args)
     apply_sampling_defaults(args, weights["demo"])
@@ -95,8 +138,16 @@ def generate(args) -> Path:
     text = load_text_encoder(weights["text_encoder"], text_len=dit.config.text_len, dtype=args.dtype, device=args.device)
     pipe = LayerT2VPipeline(dit, layer_vae.vae, layer_vae.mask_vae, text, device=args.device)
 
+    layout = pipe.layout(len(prompts.foregrounds), args.frames, args.height, args.width)
+    given = given_layers(args, args.frames, args.height, args.width)
+    boxes = trajectories(args, layout.num_foregrounds)
+    config.given_mode = args.given_mode
     with tqdm(total=args.steps, desc="denoising", unit="step") as bar:
-        layers = pipe(prompts, args.frames, args.height, args.width, config, callback=lambda s: bar.update(1))
+        conditioning = pipe.encode_prompts(prompts, guided=float(config.cfg) != 1.0)
+        latent = sample_layers(pipe, layout, conditioning, config, given=given, trajectories=boxes,
+                               trajectory_strength=args.trajectory_strength,
+                               trajectory_end_step=args.trajectory_end_step, callback=lambda s: bar.update(1))
+        layers = pipe.decode(latent, layout)
     with tqdm(total=None, desc="writing", unit="frame") as bar:
         def progress(done, total):
             bar.total = total

@@ -59,3 +59,32 @@ def test_cli_bad_frames_names_parameter_and_writes_nothing(tmp_path):
                   "--text-encoder", str(paths["text_encoder"]), "--out", str(out))
     assert res.returncode == 2 and "frames=8" in res.stderr
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_cli_variants_decompose_and_trajectory(tmp_path):
+    """Decompose a given video and guide two foregrounds with crossing boxes, on the built-in demo model."""
+    import torch
+
+    from layert2v_core.export import write_prores
+
+    clip = tmp_path / "full.mov"
+    write_prores(clip, torch.rand(17, 64, 64, 3), None, fps=8)
+    boxes = '{"1": [[0, 0.0, 0.3, 0.4, 0.7], [16, 0.6, 0.3, 1.0, 0.7]], "2": [[0, 0.6, 0.3, 1.0, 0.7], [16, 0.0, 0.3, 0.4, 0.7]]}'
+    res = run_cli("generate", "--prompt", "a red circle and a blue square", "--bg-prompt", "green stripes",
+                  "--fg-prompt", "a red circle", "--fg-prompt", "a blue square", "--steps", "2",
+                  "--full-video", str(clip), "--trajectories", boxes, "--formats", "png8", "--out", str(tmp_path / "o"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    manifest = json.loads((Path(res.stdout.strip().split("wrote ", 1)[1]) / "layers.json").read_text())
+    assert {"foreground_1", "foreground_2"} <= {layer["name"] for layer in manifest["layers"]}
+
+
+def test_cli_fg_video_without_alpha_is_refused(tmp_path):
+    import torch
+
+    from layert2v_core.export import write_prores
+
+    clip = tmp_path / "opaque.mov"
+    write_prores(clip, torch.rand(17, 64, 64, 3), None, fps=8)
+    res = run_cli("generate", "--prompt", "a", "--bg-prompt", "b", "--fg-prompt", "c", "--steps", "1",
+                  "--fg-video", str(clip), "--out", str(tmp_path / "o"))
+    assert res.returncode == 2 and "no alpha channel" in res.stderr
