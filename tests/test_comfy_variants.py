@@ -71,3 +71,22 @@ def test_foreground_without_alpha_is_refused(comfy_server):
     entry = comfy_server.wait(comfy_server.queue_prompt(api), timeout=300)
     assert entry["status"]["status_str"] == "error"
     assert "together" in error_message(entry)
+
+
+@pytest.mark.parametrize("name", ["decompose_video", "background_for_foreground", "foreground_for_background",
+                                  "trajectory_two_objects"])
+def test_shipped_variant_workflow_runs(comfy_server, name):
+    """The drag-and-drop file itself (demo model), every sampler shrunk to test size."""
+    from pathlib import Path
+
+    from comfyhost.workflow import ui_to_api
+
+    ui = json.loads((Path(__file__).resolve().parents[1] / "workflows" / f"{name}.json").read_text())
+    api = ui_to_api(ui, comfy_server.object_info())
+    for node in api.values():
+        if node["class_type"] == "LayerT2VSampler":
+            node["inputs"].update(width=SIZE, height=SIZE, frames=FRAMES, steps=2)
+    entry = comfy_server.wait(comfy_server.queue_prompt(api), timeout=300)
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    saved = [o["layert2v_folder"][0] for o in entry["outputs"].values() if "layert2v_folder" in o]
+    assert len(saved) == sum(n["class_type"] == "LayerT2VSaveLayers" for n in api.values())

@@ -3,7 +3,7 @@
     .venv/bin/python tools/make_workflows.py
 
 A spec lists nodes with their widget values in schema order and their links; this script lays
-them out left to right in ComfyUI's UI (LiteGraph) format. tests/test_comfy_workflows.py converts
+them out left to right in ComfyUI's UI (LiteGraph) format. tests/test_comfy_nodes.py converts
 every file back to API form against the live server's /object_info, so a wrong order fails there.
 """
 
@@ -48,6 +48,57 @@ SPECS = {
     "layered_t2v_two_foregrounds": layered(2, ["a red circle moving right and a yellow square moving down over green dots",
                                                "green dots", "a red circle moving right", "a yellow square moving down"]),
 }
+
+
+def with_given(spec: list, wire: str, prompts: list[str], prefix: str) -> list:
+    """A second, conditional pass on top of a first generation: its `wire` layer becomes a given layer.
+    In real use the first pass is replaced by your own footage (LoadVideo / LoadImage + a MASK)."""
+    given_links = {"layert2v_vae": ("LAYERT2V_VAE", 2, 0)}
+    extra = []
+    if wire == "full":
+        given_links["full"] = ("IMAGE", 6, 1)
+    elif wire == "background":
+        given_links["background"] = ("IMAGE", 6, 2)
+    else:  # an RGBA foreground: straight colour + alpha
+        extra.append((10, "LayerT2VGetForeground", [1, "straight"], {"layers": ("LAYERT2V_LAYERS", 6, 0)},
+                      [("foreground", "IMAGE"), ("alpha", "MASK")]))
+        given_links.update(foreground=("IMAGE", 10, 0), alpha=("MASK", 10, 1))
+    fg_values = (prompts[2:] + [""] * 3)[:3]
+    return spec + extra + [
+        (8, "LayerT2VGivenLayers", [1, "straight", "replace"], given_links, [("given", "LAYERT2V_GIVEN")]),
+        (11, "LayerT2VPrompts", [1, prompts[0], prompts[1], *fg_values, NEGATIVE],
+         {"text_encoder": ("LAYERT2V_TEXT_ENCODER", 3, 0)}, [("layer_conditioning", "LAYERT2V_CONDITIONING")]),
+        (9, "LayerT2VSampler", [64, 64, 17, 20, DEMO_CFG, DEMO_SHIFT, "unipc", 7, "fixed"],
+         {"layert2v_model": ("LAYERT2V_MODEL", 1, 0), "layer_conditioning": ("LAYERT2V_CONDITIONING", 11, 0),
+          "given": ("LAYERT2V_GIVEN", 8, 0)}, [("layered_latent", "LATENT")]),
+        (12, "LayerT2VDecodeLayers", [], {"layered_latent": ("LATENT", 9, 0), "layert2v_vae": ("LAYERT2V_VAE", 2, 0)},
+         [("layers", "LAYERT2V_LAYERS"), ("full", "IMAGE"), ("background", "IMAGE"), ("recomposite", "IMAGE")]),
+        (13, "LayerT2VSaveLayers", [f"LayerT2V/{prefix}", 16.0, "straight", True, False, False, True, False, True],
+         {"layers": ("LAYERT2V_LAYERS", 12, 0)}, [("folder", "STRING")]),
+    ]
+
+
+def with_trajectory(spec: list, boxes: dict) -> list:
+    """Adds a Trajectories node feeding the sampler (node 5) of a layered spec."""
+    sampler = next(n for n in spec if n[1] == "LayerT2VSampler")
+    sampler[3]["trajectory"] = ("LAYERT2V_TRAJECTORY", 8, 0)
+    return spec + [(8, "LayerT2VTrajectory", [json.dumps(boxes), 0.8, 8], {"layert2v_vae": ("LAYERT2V_VAE", 2, 0)},
+                    [("trajectory", "LAYERT2V_TRAJECTORY")])]
+
+
+BASE_1 = ["a red circle moving right over blue stripes", "blue stripes", "a red circle moving right"]
+SPECS["decompose_video"] = with_given(layered(1, BASE_1), "full", BASE_1, "decomposed")
+SPECS["background_for_foreground"] = with_given(
+    layered(1, BASE_1), "foreground",
+    ["a red circle moving right over green dots", "green dots", "a red circle moving right"], "new_background")
+SPECS["foreground_for_background"] = with_given(
+    layered(1, BASE_1), "background",
+    ["a yellow square moving down over blue stripes", "blue stripes", "a yellow square moving down"], "new_foreground")
+SPECS["trajectory_two_objects"] = with_trajectory(
+    layered(2, ["a red circle moving right and a yellow square moving left over green dots", "green dots",
+                "a red circle moving right", "a yellow square moving left"]),
+    {"1": [[0, 0.02, 0.3, 0.38, 0.7], [16, 0.62, 0.3, 0.98, 0.7]],
+     "2": [[0, 0.62, 0.3, 0.98, 0.7], [16, 0.02, 0.3, 0.38, 0.7]]})
 
 
 def to_ui(spec: list) -> dict:
