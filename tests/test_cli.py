@@ -88,3 +88,20 @@ def test_cli_fg_video_without_alpha_is_refused(tmp_path):
     res = run_cli("generate", "--prompt", "a", "--bg-prompt", "b", "--fg-prompt", "c", "--steps", "1",
                   "--fg-video", str(clip), "--out", str(tmp_path / "o"))
     assert res.returncode == 2 and "no alpha channel" in res.stderr
+
+
+@pytest.mark.parametrize("flag", ["--fg-video", "--bg-video"])
+def test_cli_background_for_foreground_and_foreground_for_background(tmp_path, flag):
+    import torch
+
+    from layert2v_core.export import write_prores
+
+    clip = tmp_path / "given.mov"
+    alpha = torch.linspace(0, 1, 64).expand(17, 64, 64).contiguous() if flag == "--fg-video" else None
+    rgb = torch.rand(17, 64, 64, 3)
+    write_prores(clip, rgb if alpha is None else rgb * alpha[..., None], alpha, fps=8,
+                 **({"alpha_mode": "straight"} if alpha is not None else {}))
+    res = run_cli("generate", "--prompt", "a red circle over blue stripes", "--bg-prompt", "blue stripes",
+                  "--fg-prompt", "a red circle", "--steps", "2", flag, str(clip), "--formats", "png8",
+                  "--out", str(tmp_path / "o"))
+    assert res.returncode == 0, res.stderr[-2000:]
