@@ -50,6 +50,17 @@ def comfy_server(tmp_path_factory, test_output_dir) -> Iterator[ComfyServer]:
             shutil.copyfile(server.log_path, test_output_dir / "comfyui-server.log")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """2 shared cores: one intra-op thread is several times faster than two under load."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_configure(config):
     import torch
 

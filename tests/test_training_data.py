@@ -13,13 +13,7 @@ from training.data.vidlayer import (ClipSpec, VidLayerDataset, collate_layered, 
                                     frame_indices, read_sample_info)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """2 shared cores: one intra-op thread is several times faster than two under load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -28,13 +28,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 SMALL_SAMPLER = SamplerConfig(steps=3, cfg=2.0, shift=3.0, sampler="euler", seed=7)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """2 shared cores: one intra-op thread is several times faster than two under load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(name: str, out: Path, *sets: str):
