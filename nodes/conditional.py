@@ -11,7 +11,7 @@ from layert2v_core.sampler import GIVEN_MODES
 from layert2v_core.trajectory import parse_trajectories
 from layert2v_core.variants import GivenLayers
 
-from .errors import LayerT2VInputError, readable_errors
+from .errors import LayerT2VInputError, check_finite, readable_errors
 from .types import CATEGORY, LayerVAE
 
 LayerGiven = io.Custom("LAYERT2V_GIVEN")
@@ -37,16 +37,14 @@ class TrajectoryInput:
 
 def as_alpha(mask: torch.Tensor, node: str) -> torch.Tensor:
     alpha = mask if mask.ndim == 3 else mask.reshape(-1, *mask.shape[-2:])
-    if not torch.isfinite(alpha).all():
-        raise LayerT2VInputError(f"{node}: alpha contains NaN or infinite values")
+    check_finite(node, "alpha", alpha)
     return alpha.float().clamp(0, 1)
 
 
 def as_rgb(image: torch.Tensor, name: str, node: str) -> torch.Tensor:
     if image.ndim != 4 or image.shape[-1] < 3:
         raise LayerT2VInputError(f"{node}: {name} must be an IMAGE batch (frames, height, width, 3)")
-    if not torch.isfinite(image).all():
-        raise LayerT2VInputError(f"{node}: {name} contains NaN or infinite values")
+    check_finite(node, name, image)
     return image[..., :3].float().clamp(0, 1)
 
 

@@ -18,3 +18,13 @@ def readable_errors(node: str):
     except (ValueError, KeyError, FileNotFoundError) as exc:
         message = exc.args[0] if exc.args else str(exc)
         raise LayerT2VInputError(f"{node}: {message}") from None
+
+
+def check_finite(node: str, name: str, t) -> None:
+    """Refuse NaN/inf pixels in an IMAGE or MASK input, naming the input and how many."""
+    import torch
+
+    bad = ~torch.isfinite(t)
+    if bad.any():
+        raise LayerT2VInputError(f"{node}: {name} contains {int(bad.sum())} NaN or infinite value(s); "
+                                 "every pixel must be a finite number in [0, 1]")

@@ -9,7 +9,7 @@ from layert2v_core.export import composite_over, to_premultiplied, to_straight
 from layert2v_core.layout import BACKGROUND, FOREGROUND, FULL, LATENT_CHANNELS, MASK, LayerLayout, LayoutError
 from layert2v_core.pipeline import LayerT2VPipeline
 
-from .errors import LayerT2VInputError, readable_errors
+from .errors import LayerT2VInputError, check_finite, readable_errors
 from .sampling import GENERATION_KEY, LAYOUT_KEY
 from .types import CATEGORY, LayerSet, LayerVAE
 
@@ -144,13 +144,6 @@ class DecodeAlpha(io.ComfyNode):
         with torch.no_grad(), readable_errors("LayerT2V Decode Alpha"):
             alpha = layert2v_vae.mask_vae.decode_alpha(layert2v_vae.to_normalized(samples.float()))
         return io.NodeOutput(alpha[0, 0])
-
-
-def check_finite(node: str, name: str, t: torch.Tensor) -> None:
-    bad = ~torch.isfinite(t)
-    if bad.any():
-        raise LayerT2VInputError(f"{node}: {name} contains {int(bad.sum())} NaN or infinite value(s); "
-                                 "every pixel must be a finite number in [0, 1]")
 
 
 def check_image_and_mask(node: str, image: torch.Tensor, mask: torch.Tensor, image_name: str = "foreground",
