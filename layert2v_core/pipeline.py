@@ -26,6 +26,7 @@ from .dit import LayeredWanTransformer
 from .layout import BACKGROUND, FOREGROUND, FULL, MASK, LayerLayout
 from .memory import MemoryEstimate, check_memory, estimate_sampling_memory
 from .sampler import Guidance, SamplerConfig, StepState, sample
+from .text import encode_layer_prompts, fit_text_len
 from .vae_io import TilingArg, decode_alpha, decode_latent, encode_frames
 
 
@@ -89,8 +90,6 @@ def encode_conditioning(prompts: LayerPrompts, encoder=None, embeddings: Optiona
                         guided: bool = True) -> LayerConditioning:
     """Per-slot conditioning from our TextEncoder, or from precomputed (L, dim) embeddings per slot
     (e.g. ComfyUI's CLIP output); both are padded/trimmed the same way."""
-    from .text import encode_layer_prompts
-
     prompts.validate()
     slots = prompts.slots()
     values = {slot: (embeddings or {}).get(slot, text) for slot, text in slots.items()}
@@ -182,14 +181,17 @@ class LayerT2VPipeline:
                 f"conditioning has {conditioning.num_foregrounds} foreground prompt(s) but the layout has "
                 f"{layout.num_foregrounds}; give one prompt per foreground"
             )
-        uncond = conditioning.uncond if float(config.cfg) != 1.0 else None
+        text_len = self.dit.config.text_len
+        cond = fit_text_len(conditioning.cond, text_len)
+        uncond = fit_text_len(conditioning.uncond, text_len) \
+            if conditioning.uncond is not None and float(config.cfg) != 1.0 else None
         if self.memory_check:
-            estimate = self.estimate_memory(layout, conditioning.cond.shape[2], guided=uncond is not None)
+            estimate = self.estimate_memory(layout, text_len, guided=uncond is not None)
             self.last_memory_estimate = check_memory(estimate, self.device)
         if self.dit_offload_device is not None and self.dit.device.type != self.device.type:
             self.dit.to(self.device)  # back from the offload device of the previous call
         try:
-            return sample(self.denoiser(layout), layout, conditioning.cond, uncond, config,
+            return sample(self.denoiser(layout), layout, cond, uncond, config,
                           given=given, callback=callback, device=self.device, guidance=guidance)
         finally:
             if self.dit_offload_device is not None:

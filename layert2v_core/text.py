@@ -41,6 +41,24 @@ def clean_prompt(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+def fit_text_len(context: torch.Tensor, text_len: int) -> torch.Tensor:
+    """(..., L, dim) padded context -> (..., text_len, dim): the length the DiT was trained with.
+
+    Encoders pad with zero rows, so trimming those or appending more changes nothing but the shape;
+    a user-set length on the text encoder node therefore cannot move the model off its training length.
+    Warns when real (non-zero) rows are cut."""
+    length = context.shape[-2]
+    if length > text_len:
+        if context[..., text_len:, :].abs().amax() > 0:
+            warnings.warn(f"prompt embeddings have more than the model's text_len={text_len} tokens; "
+                          "the rest are dropped", PromptTruncatedWarning, stacklevel=2)
+        return context[..., :text_len, :]
+    if length < text_len:
+        pad = context.new_zeros(*context.shape[:-2], text_len - length, context.shape[-1])
+        return torch.cat([context, pad], dim=-2)
+    return context
+
+
 def pad_embedding(embedding: torch.Tensor, text_len: int) -> torch.Tensor:
     """(L, dim) -> (text_len, dim): cut to text_len rows, zero rows appended. Warns when it cuts."""
     if embedding.ndim == 3 and embedding.shape[0] == 1:

@@ -68,3 +68,19 @@ def test_decoded_foreground_is_valid_premultiplied(pipeline):
     for k in (1, 2):
         fg, alpha = out.foreground(k)
         assert (fg <= alpha[..., None] + 1e-6).all()
+
+
+
+def test_text_encoder_length_does_not_move_the_model_off_its_training_length(pipeline):
+    """A text encoder left at Wan's 512 tokens on a model trained at 16 gives the same layers: the
+    pipeline fits the (zero-padded) context to the DiT's own text_len."""
+    from layert2v_core.text import TextEncoder
+
+    assert pipeline.dit.config.text_len == TINY_TEXT_LEN
+    long_text = TextEncoder(pipeline.text_encoder.model, pipeline.text_encoder.tokenizer, text_len=512)
+    assert long_text.encode("a red cat").shape[0] == 512
+    cfg = SamplerConfig(steps=2, cfg=3.0, sampler="euler", seed=3)
+    short = pipeline(PROMPTS[1], 5, 32, 32, cfg)
+    long = LayerT2VPipeline(pipeline.dit, pipeline.vae, pipeline.mask_vae, long_text)(PROMPTS[1], 5, 32, 32, cfg)
+    assert all(torch.equal(short.rgb[n], long.rgb[n]) for n in short.rgb)
+    assert all(torch.equal(short.alpha[n], long.alpha[n]) for n in short.alpha)

@@ -162,3 +162,15 @@ def test_offload_and_release(encoder):
     torch.testing.assert_close(encoder.encode("a cat"), cached)  # cache survives
     with pytest.raises(RuntimeError, match="released"):
         encoder.encode("a new prompt")
+
+
+def test_fit_text_len_pads_trims_zero_rows_and_warns_on_real_rows():
+    from layert2v_core.text import fit_text_len
+
+    context = torch.zeros(1, 3, 8, 4)
+    context[..., :5, :] = torch.randn(1, 3, 5, 4)
+    assert torch.equal(fit_text_len(context, 6), context[..., :6, :])
+    padded = fit_text_len(context, 12)
+    assert padded.shape == (1, 3, 12, 4) and torch.equal(padded[..., :8, :], context) and not padded[..., 8:, :].any()
+    with pytest.warns(PromptTruncatedWarning):
+        assert fit_text_len(context, 4).shape == (1, 3, 4, 4)

@@ -204,3 +204,22 @@ def test_resumed_run_replays_the_uninterrupted_loss_sequence(tmp_path):
 
     with pytest.raises(FileExistsError, match="--resume auto"):
         Trainer(cut_cfg, JointTask(cut_cfg)).run()  # a fresh run never silently overwrites checkpoints
+
+
+def test_resume_drops_torn_metric_lines_and_later_steps(tmp_path):
+    from training.engine import _truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 6)) + '{"step": 6, "lo')
+    _truncate_metrics(path, 3)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+
+
+def test_checkpoint_prune_removes_crash_leftovers(tmp_path):
+    from training.checkpoint import _prune
+
+    for name in ("step_000002", "step_000004", "step_000006", "step_000003.tmp", ".step_000001.deleting"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "trainer_state.json").write_text("{}")
+    _prune(tmp_path, keep_last=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000004", "step_000006"]

@@ -110,6 +110,9 @@ def save_checkpoint(
 
 
 def _prune(folder: Path, keep_last: int) -> None:
+    # Called right after a complete save: any other step_*.tmp or .deleting folder is a crash's leftover.
+    for stale in [*folder.glob(f"step_*{TMP_SUFFIX}"), *folder.glob(".step_*.deleting")]:
+        shutil.rmtree(stale, ignore_errors=True)
     done = sorted(p for p in folder.glob("step_*") if p.is_dir() and not p.name.endswith(TMP_SUFFIX))
     for old in done[:-keep_last] if keep_last > 0 else []:
         # Renamed out of the step_* namespace first: a kill during the slow delete must not leave a

@@ -19,6 +19,8 @@ from typing import Optional, Protocol
 import torch
 from torch.utils.data import DataLoader
 
+from layert2v_core.weight_files import atomic_write_text
+
 from .checkpoint import TrainerState, find_latest, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import PhaseConfig, RunConfig, dump_config
 from .data.order import BatchOrder, ResumableBatchSampler
@@ -292,10 +294,18 @@ class Trainer:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop lines logged after the checkpoint we resume from (they are about to be redone)."""
-    if path.is_file():
-        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in kept))
+    """Drop lines logged after the checkpoint we resume from (they are about to be redone), and a line
+    torn by the crash. Rewritten atomically: a second crash here must not lose the history."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _flat_hparams(d: dict, prefix: str = "") -> dict:

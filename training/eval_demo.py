@@ -1,12 +1,14 @@
-"""Quality of a demo-scale LayerT2V model on held-out prompt combinations, per layer, as a markdown table.
+"""Quality of a demo-scale LayerT2V model on new prompts, per layer, as a markdown table.
 
     python -m training.eval_demo                                   # the built-in demo model, 1 foreground
     python -m training.eval_demo --foregrounds 2 --json out.json --sheet sheet.png
+    python -m training.eval_demo --split seen                      # pairings that training does show
     python -m training.eval_demo --dit D --vae V --text-encoder T --adapter A --name "(a) ..."
     python -m training.eval_demo --table a.json b.json c.json      # merge saved results into one table
 
-Prompts: scenes whose every foreground is a (colour, shape) pair that the demo training data never
-draws (`hold_out_pairs`), with random motion and background. Metrics, averaged over prompts and foregrounds:
+Prompts (`--split`): held-out, scenes whose every foreground is a (colour, shape) pair that the demo
+training data never draws (`hold_out_pairs`); or seen, new scenes drawn like the training data. Motion
+and background are random. Metrics, averaged over prompts and foregrounds:
 - fg colour: the mean colour inside alpha > 0.5 (un-premultiplied) is closest to the prompted colour
   (palette colours and their striped shades);
 - shape: the alpha region matches the prompted shape best among the five (IoU against fitted templates);
@@ -18,7 +20,8 @@ draws (`hold_out_pairs`), with random motion and background. Metrics, averaged o
 - alpha soft (lower is sharper): fraction of alpha pixels with 0.1 < alpha < 0.9;
 - consistency (lower is better): mean |sum_k fg_k (premultiplied) + bg (1 - sum_k alpha_k) - full| on pixels in [0, 1].
 A "rendered ground truth" row scores the synthetic renderer's own layers for the same scenes: the ceiling,
-and a check of the metrics themselves.
+and a check of the metrics themselves. "Ground truth through the VAEs" scores those layers after one
+round trip through the model's VAE (RGB) and mask VAE (alpha): the ceiling the autoencoders leave.
 """
 
 from __future__ import annotations
@@ -43,6 +46,11 @@ _PALETTE = np.array([syn.COLORS[n] for n in PALETTE_NAMES], dtype=np.float32)
 _SHADES = (1.0, 0.775, 0.55)  # plain, striped mean, striped dark half (synthetic.render_shape)
 _SHADED = np.concatenate([_PALETTE * s for s in _SHADES])
 _SHADED_NAMES = PALETTE_NAMES * len(_SHADES)
+
+
+# Prompt sets: "held-out" pairs a colour with a shape that the training data never pairs it with;
+# "seen" draws new scenes the way the training data does (every pairing appears in training).
+SPLITS = {"held-out": syn.held_out_scenes, "seen": syn.seen_pair_scenes}
 
 
 def nearest_colour(rgb: np.ndarray, shaded: bool = True) -> np.ndarray:
@@ -149,6 +157,23 @@ def rendered(background, shapes, num_frames, height, width):
     return full, bg, [full * a[..., None] for a in alphas], list(alphas)
 
 
+def through_vae(layer_vae, full, bg, fgs, alphas):
+    """The rendered layers after one round trip through the model's VAE and mask VAE: the ceiling that
+    the autoencoders alone put on every metric (a DiT cannot score above what they can reproduce)."""
+    import torch
+
+    from layert2v_core.vae_io import decode_latent, encode_frames
+
+    def rgb(frames):
+        return decode_latent(layer_vae.vae, encode_frames(layer_vae.vae, torch.from_numpy(frames))).numpy()
+
+    def matte(a):
+        with torch.no_grad():
+            return layer_vae.mask_vae(torch.from_numpy(a)[None, None])[0, 0].numpy()
+
+    return rgb(full), rgb(bg), [rgb(f) for f in fgs], [matte(a) for a in alphas]
+
+
 def load_pipeline(args):
     from layert2v_core.loading import load_layer_vae, load_layered_dit, load_text_encoder
     from layert2v_core.pipeline import LayerT2VPipeline
@@ -181,15 +206,17 @@ def evaluate(args) -> dict:
     from .eval_hook import layered_tiles, pick_frames, save_sheet
 
     torch.set_num_threads(args.threads)
-    scenes = syn.held_out_scenes(args.seed, args.prompts, args.foregrounds)
+    scenes = SPLITS[args.split](args.seed, args.prompts, args.foregrounds)
     pipeline = load_pipeline(args)
-    rows, model_scores, truth_scores, sheet_rows, sheet_labels, labels = [], [], [], [], [], []
+    rows, model_scores, truth_scores, vae_scores, sheet_rows, sheet_labels, labels = [], [], [], [], [], [], []
+    layer_vae = pipeline  # .vae and .mask_vae
     for i, (background, shapes) in enumerate(scenes):
         prompt = scene_prompt(background, shapes)
         frames, full, bg, fgs, alphas = generated(pipeline, prompt, args, seed=args.seed + i)
         model_scores.append(score_layers(full, bg, fgs, alphas, background, shapes))
-        truth_scores.append(score_layers(*rendered(background, shapes, args.frames, args.height, args.width),
-                                         background, shapes))
+        truth = rendered(background, shapes, args.frames, args.height, args.width)
+        truth_scores.append(score_layers(*truth, background, shapes))
+        vae_scores.append(score_layers(*through_vae(layer_vae, *truth), background, shapes))
         rows.append({"prompt": prompt, **model_scores[-1]})
         if args.sheet and i < args.sheet_prompts:
             for f in pick_frames(args.frames):
@@ -201,9 +228,10 @@ def evaluate(args) -> dict:
         Path(args.sheet).with_suffix(".txt").write_text(
             "".join(f"p{i}: {json.dumps(r['prompt'])}\n" for i, r in enumerate(rows[: args.sheet_prompts])))
     mean = lambda scores: {k: float(np.mean([s[k] for s in scores])) for k, _, _ in METRICS}  # noqa: E731
-    return {"name": args.name, "foregrounds": args.foregrounds, "prompts": args.prompts, "steps": args.steps,
+    return {"name": args.name, "foregrounds": args.foregrounds, "split": args.split, "prompts": args.prompts, "steps": args.steps,
             "cfg": args.cfg, "shift": args.shift, "size": [args.frames, args.height, args.width],
-            "metrics": mean(model_scores), "ground_truth": mean(truth_scores), "per_prompt": rows,
+            "metrics": mean(model_scores), "ground_truth": mean(truth_scores), "through_vae": mean(vae_scores),
+            "per_prompt": rows,
             "command": "python -m training.eval_demo " + " ".join(shlex.quote(a) for a in sys.argv[1:])}
 
 
@@ -219,6 +247,8 @@ def markdown_table(results: list[dict], with_truth: bool = True) -> str:
             if r["foregrounds"] not in seen:
                 seen.add(r["foregrounds"])
                 lines.append(f"| rendered ground truth | {r['foregrounds']} | {fmt(r['ground_truth'])} |")
+                if "through_vae" in r:
+                    lines.append(f"| ground truth through the VAEs | {r['foregrounds']} | {fmt(r['through_vae'])} |")
     return "\n".join(lines)
 
 
@@ -233,6 +263,8 @@ def main(argv=None) -> None:
     parser.add_argument("--text-encoder", default=default.get("text_encoder"))
     parser.add_argument("--name", default="demo model")
     parser.add_argument("--foregrounds", type=int, default=1)
+    parser.add_argument("--split", choices=sorted(SPLITS), default="held-out",
+                        help="held-out (colour, shape) pairs, or new scenes with pairs seen in training")
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cfg", type=float, default=4.0)
@@ -258,7 +290,7 @@ def main(argv=None) -> None:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(markdown_table([result]))
-    print(f"\n{result['prompts']} held-out prompts, {result['steps']} steps, cfg {result['cfg']}, "
+    print(f"\n{result['prompts']} {result['split']} prompts, {result['steps']} steps, cfg {result['cfg']}, "
           f"{result['size'][0]}x{result['size'][1]}x{result['size'][2]}: `{result['command']}`")
 
 

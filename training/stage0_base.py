@@ -89,6 +89,23 @@ class MemoryClips(torch.utils.data.Dataset):
 
 
 # ---- base VAE ---------------------------------------------------------------------------------------
+def decode_unclamped(vae: AutoencoderKLWan, z: torch.Tensor) -> torch.Tensor:
+    """AutoencoderKLWan's frame-by-frame causal decode without its final clamp to [-1, 1].
+
+    The clamp has zero gradient outside [-1, 1]: a fresh decoder overshoots there on saturated colours
+    and those pixels stop learning (measured: colours collapsed to orange/blue, ~16 dB after 1,400 steps).
+    """
+    vae.clear_cache()
+    x = vae.post_quant_conv(z)
+    frames = []
+    for i in range(x.shape[2]):
+        vae._conv_idx = [0]
+        frames.append(vae.decoder(x[:, :, i:i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
+                                  first_chunk=i == 0))
+    vae.clear_cache()
+    return torch.cat(frames, 2)
+
+
 class VAEObjective(nn.Module):
     def __init__(self, vae: AutoencoderKLWan, loss):
         super().__init__()
@@ -100,7 +117,7 @@ class VAEObjective(nn.Module):
         # Reparameterised sample, eps from the step generator. A fresh encoder's std is ~1 against means
         # ~0.1: at full noise the decoder learns from near-pure noise for a long time.
         z = posterior.mean + self.loss.latent_noise * posterior.std * eps
-        rec = self.vae.decode(z).sample
+        rec = decode_unclamped(self.vae, z)
         l1 = (rec - x).abs().mean()
         mse = (rec - x).pow(2).mean()
         kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
@@ -148,7 +165,8 @@ class BaseVAETask:
             clips.append(_random_crop(_to_vae_input(frames), self.config.data.vae_crop, generator))
         x = torch.stack(clips)
         z_dim = self.vae.config.z_dim
-        latent_shape = (x.shape[0], z_dim, (x.shape[2] - 1) // 4 + 1, x.shape[3] // 8, x.shape[4] // 8)
+        stride = self.vae.spatial_compression_ratio
+        latent_shape = (x.shape[0], z_dim, (x.shape[2] - 1) // 4 + 1, x.shape[3] // stride, x.shape[4] // stride)
         eps = torch.randn(latent_shape, generator=generator)
         return {"x": x.to(self.device), "eps": eps.to(self.device)}
 
@@ -299,7 +317,8 @@ class BaseDiTTask:
         rows, labels = [], []
         gen = torch.Generator().manual_seed(ev.seed)
         for i, prompt in enumerate(prompts):
-            shape = (1, self.dit.config.in_channels, (phase.num_frames - 1) // 4 + 1, phase.height // 8, phase.width // 8)
+            stride = self.vae.spatial_compression_ratio
+            shape = (1, self.dit.config.in_channels, (phase.num_frames - 1) // 4 + 1, phase.height // stride, phase.width // stride)
             latent = euler_sample(self.dit, torch.randn(shape, generator=gen).to(self.device), self._context([prompt]).to(self.device),
                                   self._context([""]).to(self.device), ev.steps, ev.cfg, ev.shift)
             frames = decode_latent(self.vae, latent).cpu()

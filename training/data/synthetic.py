@@ -268,6 +268,14 @@ def held_out_scenes(seed: int, count: int, num_foregrounds: int) -> list[tuple[B
     return scenes
 
 
+def seen_pair_scenes(seed: int, count: int, num_foregrounds: int) -> list[tuple[BackgroundSpec, list[ShapeSpec]]]:
+    """New scenes (a seed stream disjoint from generate's) drawn like the training data: every (colour,
+    shape) pair is one that training captions do name. Against held_out_scenes, this separates following
+    a prompt from composing an unseen pairing."""
+    return [random_scene(np.random.default_rng([seed, 3_000_017, i]), num_foregrounds, hold_out_pairs=True)
+            for i in range(count)]
+
+
 def held_out_prompts(seed: int, count: int, num_foregrounds: int) -> list[dict]:
     """Captions for scenes never written to disk (seed stream disjoint from generate's), for evaluation."""
     prompts = []
