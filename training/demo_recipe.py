@@ -133,14 +133,19 @@ def evaluate_arms(out: Path, smoke: bool, timings: dict) -> None:
     timings["evaluation_ablation"] = round(time.time() - started, 1)
 
 
+# (result name, foregrounds, prompt split): held-out pairings measure composition, seen ones prompt following.
+FINAL_EVALS = [("final_k1", 1, "held-out"), ("final_k2", 2, "held-out"), ("final_k1_seen", 1, "seen")]
+
+
 def evaluate_final(out: Path, smoke: bool, timings: dict) -> None:
     started = time.time()
     base, count = _eval_args(out, smoke)
-    for k in (1, 2):
-        target = out / "eval" / f"final_k{k}.json"
-        sheet = ["--sheet", str(out / "eval" / "demo_contact_sheet.png")] if k == 2 else []
+    for name, k, split in FINAL_EVALS:
+        target = out / "eval" / f"{name}.json"
+        sheet = ["--sheet", str(out / "eval" / "demo_contact_sheet.png")] if name == "final_k2" else []
+        label = f"demo model (stage 3), {k} fg" + (", seen pairs" if split == "seen" else "")
         subprocess.run([sys.executable, "-m", "training.eval_demo", *base, "--adapter", str(out / "stage3/adapter"),
-                        "--name", f"demo model (stage 3), {k} fg", "--foregrounds", str(k), "--json", str(target),
+                        "--name", label, "--foregrounds", str(k), "--split", split, "--json", str(target),
                         *sheet, *count], cwd=REPO, check=True)
     timings["evaluation_final"] = round(time.time() - started, 1)
 
@@ -177,9 +182,9 @@ def publish(out: Path) -> None:
     for suffix in (".png", ".txt"):  # the sheet and its prompts
         shutil.copyfile(out / "eval" / f"demo_contact_sheet{suffix}", docs / f"demo_contact_sheet{suffix}")
     load = lambda name: json.loads((out / "eval" / f"{name}.json").read_text())  # noqa: E731
-    final = [load("final_k1"), load("final_k2")]
+    final = [load(name) for name, _, _ in FINAL_EVALS]
     arms = [load("ablation_a_concat"), load("ablation_b_adaln"), load("stage2")]
-    text = ["# Demo model evaluation", "", "Final model (stage 3), held-out (colour, shape) pairs:", "",
+    text = ["# Demo model evaluation", "", "Final model (stage 3), held-out (colour, shape) pairs unless marked seen:", "",
             markdown_table(final), "", "Ablation, stage 2 budget, 1 foreground:", "", markdown_table(arms), ""]
     text += [f"- {r['name']}: `{r['command']}`" for r in final + arms]
     (docs / "demo_eval.md").write_text(("\n".join(text) + "\n").replace(str(REPO) + "/", ""))

@@ -242,13 +242,15 @@ def markdown_table(results: list[dict], with_truth: bool = True) -> str:
     for r in results:
         lines.append(f"| {r['name']} | {r['foregrounds']} | {fmt(r['metrics'])} |")
     if with_truth and results:
-        seen = set()
+        shown = set()
         for r in results:
-            if r["foregrounds"] not in seen:
-                seen.add(r["foregrounds"])
-                lines.append(f"| rendered ground truth | {r['foregrounds']} | {fmt(r['ground_truth'])} |")
+            key = (r["foregrounds"], r.get("split", "held-out"))
+            if key not in shown:
+                shown.add(key)
+                tag = ", seen pairs" if key[1] == "seen" else ""
+                lines.append(f"| rendered ground truth{tag} | {r['foregrounds']} | {fmt(r['ground_truth'])} |")
                 if "through_vae" in r:
-                    lines.append(f"| ground truth through the VAEs | {r['foregrounds']} | {fmt(r['through_vae'])} |")
+                    lines.append(f"| ground truth through the VAEs{tag} | {r['foregrounds']} | {fmt(r['through_vae'])} |")
     return "\n".join(lines)
 
 
