@@ -1,4 +1,4 @@
-"""The built-in demo model, end to end, in one command (CPU, about 35 minutes on 2 shared cores):
+"""The built-in demo model, end to end, in one command (CPU, see manifest.json for the measured time):
 
     python -m training.demo_recipe                 # or: make demo-model
     python -m training.demo_recipe --smoke         # every step at a few optimizer steps (minutes)
