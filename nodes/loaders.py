@@ -148,7 +148,9 @@ class LoadLayerT2VTextEncoder(io.ComfyNode):
             category=CATEGORY,
             description="A UMT5 encoder folder (config.json, weights, tokenizer) from models/text_encoders. "
                         "To use ComfyUI's own umt5 file instead, connect a CLIPLoader (type wan) to Layer Prompts. "
-                        f"'{DEMO}' is the demo model's encoder (text_len 32).",
+                        f"'{DEMO}' is the demo model's encoder. The sampler fits every prompt to the "
+                        "model's own text length (Wan2.1: 512, the demo model: 32), so text_len only caps "
+                        "how many tokens are encoded.",
             inputs=[
                 io.Combo.Input("folder", options=with_demo(list_text_encoder_folders())),
                 io.Int.Input("text_len", default=512, min=1, max=512),
