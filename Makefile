@@ -1,6 +1,6 @@
 # `make test`: fresh machine -> venv with CPU torch -> requirements -> system readers -> pytest.
 # `make demo`: the bundled workflow on the built-in demo model through a real ComfyUI server.
-# `make demo-model`: retrain that model (layert2v_core/demo_model/) from scratch on CPU, about 35 minutes.
+# `make demo-model`: retrain that model (layert2v_core/demo_model/) from scratch on CPU, about 1.5 hours.
 PY      ?= python3
 VENV    := .venv
 VPY     := $(VENV)/bin/python
