@@ -146,6 +146,16 @@ def header(title: str, device="cpu") -> None:
     print(f"machine: {machine(device)}")
 
 
+def mid_wan_transformer(num_layers: int):
+    """The benchmarks' mid-size Wan DiT, seeded: d=512 (4 heads x 128), text_dim 256, ffn 2048, Wan2.1's norms."""
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(0)
+    return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=128, in_channels=16,
+                                 out_channels=16, text_dim=256, freq_dim=256, ffn_dim=2048, num_layers=num_layers,
+                                 cross_attn_norm=True, qk_norm="rms_norm_across_heads").eval()
+
+
 def table(columns: list[str], rows: list[list]) -> None:
     print("| " + " | ".join(columns) + " |")
     print("|" + "|".join("---" for _ in columns) + "|")

@@ -18,8 +18,7 @@ import time
 
 import _common  # noqa: F401  (sys.path, malloc threshold)
 import torch
-from _common import GIB, MIB, PeakRSS, header, table
-from diffusers import WanTransformer3DModel
+from _common import GIB, MIB, PeakRSS, header, mid_wan_transformer, table
 
 from layert2v_core.dit import LayeredWanTransformer, _routed_cross_attention
 from layert2v_core.layout import LayerLayout
@@ -47,11 +46,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    torch.manual_seed(0)
-    heads, head_dim = 4, 128
-    base = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim,
-                                 in_channels=16, out_channels=16, text_dim=256, freq_dim=256, ffn_dim=2048,
-                                 num_layers=1, cross_attn_norm=True, qk_norm="rms_norm_across_heads").eval()
+    base = mid_wan_transformer(num_layers=1)
+    heads, head_dim = base.config.num_attention_heads, base.config.attention_head_dim
     attn = base.blocks[0].attn2
     layout = LayerLayout(args.foregrounds, args.frames, args.size, args.size, routing=args.routing)
     d, B, S, P = heads * head_dim, args.batch, layout.num_tokens, len(layout.prompt_names)

@@ -14,8 +14,7 @@ import time
 
 import _common  # noqa: F401
 import torch
-from _common import MIB, PeakRSS, header, table
-from diffusers import WanTransformer3DModel
+from _common import MIB, PeakRSS, header, mid_wan_transformer, table
 
 from layert2v_core.config import LayerT2VConfig
 from layert2v_core.dit import LayeredWanTransformer
@@ -34,10 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    torch.manual_seed(0)
-    base = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=128, in_channels=16,
-                                 out_channels=16, text_dim=256, freq_dim=256, ffn_dim=2048, num_layers=4,
-                                 cross_attn_norm=True, qk_norm="rms_norm_across_heads").eval()
+    base = mid_wan_transformer(num_layers=4)
     dit = LayeredWanTransformer(base, LayerT2VConfig(max_foregrounds=max(args.foregrounds), text_len=args.text_len))
     pipe = LayerT2VPipeline(dit, None, None)
     points = [(k, args.base_frames) for k in args.foregrounds] + [(1, f) for f in args.frames if f != args.base_frames]
