@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 import torch
 from diffusers import AutoencoderKLWan
@@ -127,6 +127,21 @@ def _streamable(vae) -> bool:
             and hasattr(vae, "decoder") and hasattr(vae, "post_quant_conv"))
 
 
+def decoder_chunks(vae: AutoencoderKLWan, raw: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Raw latent (B, 16, T', h, w) -> decoder outputs (B, C, f, H, W), one latent frame at a time with
+    the causal cache carried over, before any clamp: diffusers 0.42's AutoencoderKLWan._decode loop.
+    Gradients flow when the caller allows them (the stage-0 VAE trains through it)."""
+    vae.clear_cache()
+    try:
+        x = vae.post_quant_conv(raw)
+        for i in range(x.shape[2]):
+            vae._conv_idx = [0]
+            yield vae.decoder(x[:, :, i:i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
+                              first_chunk=(i == 0))
+    finally:
+        vae.clear_cache()
+
+
 @torch.no_grad()
 def decode_latent(vae: AutoencoderKLWan, z: torch.Tensor, tiling: TilingArg = None,
                   out_device=None) -> torch.Tensor:
@@ -142,18 +157,10 @@ def decode_latent(vae: AutoencoderKLWan, z: torch.Tensor, tiling: TilingArg = No
             return vae_output_to_frames(vae.decode(raw).sample).to(out_device or raw.device)
     frames = 1 + 4 * (raw.shape[2] - 1) if raw.shape[2] > 0 else 0
     out = torch.empty(frames, height, width, 3, dtype=torch.float32, device=out_device or raw.device)
-    vae.clear_cache()
-    try:
-        x = vae.post_quant_conv(raw)
-        written = 0
-        for i in range(x.shape[2]):
-            vae._conv_idx = [0]
-            chunk = vae.decoder(x[:, :, i:i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx,
-                                first_chunk=(i == 0))
-            written += _write_frames(out, chunk, written)
-            del chunk
-    finally:
-        vae.clear_cache()
+    written = 0
+    for chunk in decoder_chunks(vae, raw):
+        written += _write_frames(out, chunk, written)
+        del chunk
     if written != frames:
         raise RuntimeError(f"VAE decoded {written} frames, expected {frames}")
     return out
