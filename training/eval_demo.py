@@ -157,19 +157,19 @@ def rendered(background, shapes, num_frames, height, width):
     return full, bg, [full * a[..., None] for a in alphas], list(alphas)
 
 
-def through_vae(layer_vae, full, bg, fgs, alphas):
+def through_vae(pipeline, full, bg, fgs, alphas):
     """The rendered layers after one round trip through the model's VAE and mask VAE: the ceiling that
     the autoencoders alone put on every metric (a DiT cannot score above what they can reproduce)."""
     import torch
 
-    from layert2v_core.vae_io import decode_latent, encode_frames
+    from layert2v_core.vae_io import decode_latent
 
     def rgb(frames):
-        return decode_latent(layer_vae.vae, encode_frames(layer_vae.vae, torch.from_numpy(frames))).numpy()
+        return decode_latent(pipeline.vae, pipeline.encode_layer(torch.from_numpy(frames))).numpy()
 
     def matte(a):
         with torch.no_grad():
-            return layer_vae.mask_vae(torch.from_numpy(a)[None, None])[0, 0].numpy()
+            return pipeline.mask_vae(torch.from_numpy(a)[None, None])[0, 0].numpy()
 
     return rgb(full), rgb(bg), [rgb(f) for f in fgs], [matte(a) for a in alphas]
 
@@ -209,14 +209,13 @@ def evaluate(args) -> dict:
     scenes = SPLITS[args.split](args.seed, args.prompts, args.foregrounds)
     pipeline = load_pipeline(args)
     rows, model_scores, truth_scores, vae_scores, sheet_rows, sheet_labels, labels = [], [], [], [], [], [], []
-    layer_vae = pipeline  # .vae and .mask_vae
     for i, (background, shapes) in enumerate(scenes):
         prompt = scene_prompt(background, shapes)
         frames, full, bg, fgs, alphas = generated(pipeline, prompt, args, seed=args.seed + i)
         model_scores.append(score_layers(full, bg, fgs, alphas, background, shapes))
         truth = rendered(background, shapes, args.frames, args.height, args.width)
         truth_scores.append(score_layers(*truth, background, shapes))
-        vae_scores.append(score_layers(*through_vae(layer_vae, *truth), background, shapes))
+        vae_scores.append(score_layers(*through_vae(pipeline, *truth), background, shapes))
         rows.append({"prompt": prompt, **model_scores[-1]})
         if args.sheet and i < args.sheet_prompts:
             for f in pick_frames(args.frames):
