@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 from diffusers import WanTransformer3DModel
+from diffusers.models.transformers.transformer_wan import WanTransformerBlock
 from torch.utils.checkpoint import checkpoint
 
 from .config import LayerT2VConfig
@@ -33,6 +34,9 @@ class LayeredWanTransformer(nn.Module):
         # Created here (not inside the diffusers class) so from_pretrained never leaves it on meta.
         self.layer_adaln = nn.Parameter(torch.zeros(config.adaln_rows, 6, dim, device=base.device, dtype=torch.float32))
         self.gradient_checkpointing = False
+        for block in base.blocks:
+            if type(block) is WanTransformerBlock:
+                block.__class__ = LayeredWanBlock  # same weights and keys; a forward that knows layouts
 
     # ---- properties the sampler and nodes ask ---------------------------------------------
     @property
@@ -161,10 +165,11 @@ class LayeredWanTransformer(nn.Module):
 
         routes = self._routes(layout, context.device)
         for block in base.blocks:
+            # Through the block's own forward: an FSDP or checkpoint wrapper around it sees every weight used.
             if torch.is_grad_enabled() and self.gradient_checkpointing:
-                tokens = checkpoint(self._block, block, tokens, text, modulation, rotary, routes, segments, use_reentrant=False)
+                tokens = checkpoint(block, tokens, text, modulation, rotary, routes, segments, use_reentrant=False)
             else:
-                tokens = self._block(block, tokens, text, modulation, rotary, routes, segments)
+                tokens = block(tokens, text, modulation, rotary, routes, segments)
 
         shift, scale = (base.scale_shift_table.float() + temb.float()).chunk(2, dim=2)  # (B, L, 1, d)
         normed = base.norm_out(tokens.float()).view(batch, segments, -1, tokens.shape[-1])
@@ -205,6 +210,18 @@ class LayeredWanTransformer(nn.Module):
         normed = (per_segment(block.norm3(tokens.float())) * (1 + c_scale) + c_shift).flatten(1, 2)
         ff = block.ffn(normed.type_as(tokens))
         return (tokens.float() + (per_segment(ff.float()) * c_gate).flatten(1, 2)).type_as(tokens)
+
+
+class LayeredWanBlock(WanTransformerBlock):
+    """A WanTransformerBlock whose own forward runs the layered step (per-segment modulation, routed
+    cross-attention) when given `segments`; without it, the vanilla block. Sharding (FSDP) and
+    activation-checkpoint wrappers act on a block's forward, so the layered step must live here."""
+
+    def forward(self, hidden_states, encoder_hidden_states, temb, rotary_emb, routes=None, segments=None):
+        if segments is None:
+            return super().forward(hidden_states, encoder_hidden_states, temb, rotary_emb)
+        return LayeredWanTransformer._block(self, hidden_states, encoder_hidden_states, temb, rotary_emb,
+                                            routes, segments)
 
 
 def _routed_cross_attention(attn, queries, text, routes, segments):
