@@ -37,7 +37,7 @@ PAPER_STEPS = 50
 
 
 def tiny_run(args) -> None:
-    from layert2v_core.loading import load_layer_vae, load_layered_dit, load_text_encoder
+    from layert2v_core.weights.loading import load_layer_vae, load_layered_dit, load_text_encoder
     from layert2v_core.tiny import TINY_TEXT_LEN, write_tiny_model_files
 
     folder = tempfile.mkdtemp(prefix="layert2v_bench_")
@@ -78,7 +78,7 @@ def tiny_run(args) -> None:
 
 # ---- full-size architecture ------------------------------------------------------------------------
 def build_full(device, dtype, vae_dtype, max_foregrounds=2):
-    from layert2v_core.weights import build_transformer_from_config, build_vae_from_config, shipped_config
+    from layert2v_core.weights.wan_single_file import build_transformer_from_config, build_vae_from_config, shipped_config
 
     torch.manual_seed(0)
     base = build_transformer_from_config(shipped_config("transformer"), device=device, dtype=dtype).eval()

@@ -20,7 +20,7 @@ from _common import MIB, header, peak_meter, sync, table
 
 from layert2v_core.tiny import build_tiny_vae
 from layert2v_core.vae_io import VaeTiling, decode_latent, denormalize_latent, vae_output_to_frames
-from layert2v_core.weights import build_vae_from_config, shipped_config
+from layert2v_core.weights.wan_single_file import build_vae_from_config, shipped_config
 
 
 def plain(vae, z):

@@ -121,7 +121,7 @@ def apply_sampling_defaults(args, demo: bool) -> None:
 
 def generate(args) -> Path:
     from .export import write_layer_set
-    from .loading import load_layer_vae, load_layered_dit, load_text_encoder
+    from .weights.loading import load_layer_vae, load_layered_dit, load_text_encoder
     from .pipeline import LayerPrompts, LayerT2VPipeline
     from .sampler import SamplerConfig
     from .variants import sample_layers

@@ -126,11 +126,11 @@ def write_tiny_model_files(folder: str | Path, max_foregrounds: int = 2, routing
     """Every file a generation needs, with random tiny weights, laid out as a user would have them:
     DiT and VAE single files (config in the header), a LayerT2V adapter folder, a text-encoder folder.
     LayerAdaLN and LoRA get small random values so the layers differ as in a trained model."""
-    from .adapter_format import save_layert2v_adapter
+    from .weights.layert2v_adapter import save_layert2v_adapter
     from .config import LayerT2VConfig
     from .dit import LayeredWanTransformer
     from .mask_vae import MaskVAE
-    from .weights import save_with_config
+    from .weights.wan_single_file import save_with_config
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,8 @@ import folder_paths
 from comfy_api.latest import io
 
 from layert2v_core import demo_model
-from layert2v_core.adapter_format import CONFIG_FILE
-from layert2v_core.loading import DTYPES, LayerT2VModel, load_layer_vae, load_layered_dit, load_text_encoder
+from layert2v_core.weights.layert2v_adapter import CONFIG_FILE
+from layert2v_core.weights.loading import DTYPES, LayerT2VModel, load_layer_vae, load_layered_dit, load_text_encoder
 
 from .errors import LayerT2VInputError, readable_errors
 from .types import CATEGORY, LayerModel, LayerTextEncoder, LayerVAE

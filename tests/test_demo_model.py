@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from layert2v_core.demo_model import DEMO_DIR, NATIVE_SIZE, demo_model_paths
-from layert2v_core.loading import load_layer_vae, load_layered_dit, load_text_encoder
+from layert2v_core.weights.loading import load_layer_vae, load_layered_dit, load_text_encoder
 from layert2v_core.pipeline import LayerPrompts, LayerT2VPipeline
 from layert2v_core.sampler import SamplerConfig
 

@@ -19,7 +19,7 @@ from layert2v_core.pipeline import LayerConditioning, LayerT2VPipeline
 from layert2v_core.sampler import SamplerConfig
 from layert2v_core.tiny import build_tiny_transformer, build_tiny_vae
 from layert2v_core.vae_io import VaeTiling, decode_latent, vae_output_to_frames, denormalize_latent
-from layert2v_core.weights import build_transformer_from_config, shipped_config
+from layert2v_core.weights.wan_single_file import build_transformer_from_config, shipped_config
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 1024 ** 3

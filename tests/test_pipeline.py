@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from layert2v_core.loading import load_layer_vae, load_layered_dit, load_text_encoder
+from layert2v_core.weights.loading import load_layer_vae, load_layered_dit, load_text_encoder
 from layert2v_core.layout import LayoutError
 from layert2v_core.pipeline import LayerPrompts, LayerT2VPipeline
 from layert2v_core.sampler import SamplerConfig

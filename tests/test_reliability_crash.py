@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from layert2v_core.adapter_format import CONFIG_FILE, MASK_FILE
+from layert2v_core.weights.layert2v_adapter import CONFIG_FILE, MASK_FILE
 from layert2v_core.config import LayerT2VConfig
 from layert2v_core.export import load_layer_set, write_layer_set
 from layert2v_core.export.synthetic import soft_rgba_clip
-from layert2v_core.weight_files import load_safetensors
+from layert2v_core.weights.files import load_safetensors
 from training.checkpoint import TMP_SUFFIX, find_latest, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ EXPORT_SCRIPT = r"""
 import sys
 from layert2v_core.export import write_layer_set
 from layert2v_core.export.synthetic import soft_rgba_clip
-from layert2v_core.weight_files import load_safetensors
+from layert2v_core.weights.files import load_safetensors
 
 clip = soft_rgba_clip(frames=33, height=96, width=128)
 def progress(done, total):

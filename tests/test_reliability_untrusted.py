@@ -15,12 +15,12 @@ import torch
 from layert2v_core import cli
 from layert2v_core.export import LayerSetError, load_layer_set, write_layer_set
 from layert2v_core.export.synthetic import soft_rgba_clip
-from layert2v_core.loading import load_layer_vae, load_layered_dit, load_text_encoder
+from layert2v_core.weights.loading import load_layer_vae, load_layered_dit, load_text_encoder
 from layert2v_core.pipeline import LayerPrompts, LayerT2VPipeline
 from layert2v_core.sampler import SamplerConfig
 from layert2v_core.tiny import write_tiny_model_files
-from layert2v_core.weight_files import UnsafePickleError, WeightsError, load_any_weights, load_pickle_weights
-from layert2v_core.weights import load_wan_vae
+from layert2v_core.weights.files import UnsafePickleError, WeightsError, load_any_weights, load_pickle_weights
+from layert2v_core.weights.wan_single_file import load_wan_vae
 from training.checkpoint import load_checkpoint as load_training_checkpoint
 
 

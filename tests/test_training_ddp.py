@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from layert2v_core.adapter_format import load_layert2v_adapter
+from layert2v_core.weights.layert2v_adapter import load_layert2v_adapter
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "training" / "scripts" / "accelerate_cpu_2proc.sh"

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from layert2v_core.adapter_format import load_layert2v_adapter
+from layert2v_core.weights.layert2v_adapter import load_layert2v_adapter
 from layert2v_core.dit import LayeredWanTransformer
 from layert2v_core.mask_vae import MaskVAE
 from layert2v_core.pipeline import LayerT2VPipeline

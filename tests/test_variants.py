@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from layert2v_core.layout import LayerLayout, LayoutError
-from layert2v_core.loading import load_layer_vae, load_layered_dit, load_text_encoder
+from layert2v_core.weights.loading import load_layer_vae, load_layered_dit, load_text_encoder
 from layert2v_core.pipeline import LayerPrompts, LayerT2VPipeline, encode_conditioning
 from layert2v_core.sampler import SamplerConfig, sample
 from layert2v_core.tiny import TINY_TEXT_LEN, write_tiny_model_files

@@ -7,21 +7,21 @@ import torch
 from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 from safetensors.torch import save_file
 
-from layert2v_core.adapter_format import (
+from layert2v_core.weights.checkpoint import load_checkpoint
+from layert2v_core.weights.layert2v_adapter import (
     CONFIG_FILE,
     DIT_FILE,
-    load_checkpoint,
     load_layert2v_adapter,
     save_layert2v_adapter,
 )
-from layert2v_core.authors_import import import_authors_checkpoint
+from layert2v_core.weights.authors_folder import import_authors_checkpoint
 from layert2v_core.config import LayerT2VConfig
 from layert2v_core.dit import LayeredWanTransformer
 from layert2v_core.mask_vae import MaskVAE
 from layert2v_core.tiny import TINY_TRANSFORMER_CONFIG, NARROW_WAN21_VAE_CONFIG, build_tiny_transformer, build_tiny_vae
-from layert2v_core.wan_keys import dit_key_to_original, vae_key_to_original
-from layert2v_core.weight_files import CorruptWeightsError, UnsafePickleError, WeightsError, WrongModelError
-from layert2v_core.weights import (
+from layert2v_core.weights.wan_keys import dit_key_to_original, vae_key_to_original
+from layert2v_core.weights.files import CorruptWeightsError, UnsafePickleError, WeightsError, WrongModelError
+from layert2v_core.weights.wan_single_file import (
     build_transformer_from_config,
     build_vae_from_config,
     load_wan_transformer,
@@ -293,7 +293,7 @@ def test_authors_checkpoint_imports_into_our_models(tmp_path):
     ema_dit, _ = make_trained(seed=9)
     write_authors_checkpoint(tmp_path / "ckpt", dit, mask_vae, ema_dit=ema_dit)
 
-    adapter = load_checkpoint(tmp_path / "ckpt")  # detected; EMA preferred when present
+    adapter = load_checkpoint(tmp_path / "ckpt", use_ema=True)  # detected
     c = adapter.config
     assert (c.max_foregrounds, c.routing, c.dit_lora_rank, c.dit_lora_alpha) == (1, "official", 4, 8.0)
     assert (c.mask_vae_lora_rank, c.mask_vae_lora_alpha, c.extra["weights"]) == (2, 2.0, "ema")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from layert2v_core.weight_files import CorruptWeightsError, atomic_write_text, load_pickle_weights, load_safetensors
+from layert2v_core.weights.files import CorruptWeightsError, atomic_write_text, load_pickle_weights, load_safetensors
 
 LATEST = "latest"
 TMP_SUFFIX = ".tmp"

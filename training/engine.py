@@ -19,7 +19,7 @@ from typing import Optional, Protocol
 import torch
 from torch.utils.data import DataLoader
 
-from layert2v_core.weight_files import atomic_write_text
+from layert2v_core.weights.files import atomic_write_text
 
 from .checkpoint import TrainerState, find_latest, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import PhaseConfig, RunConfig, dump_config

@@ -175,7 +175,7 @@ def through_vae(pipeline, full, bg, fgs, alphas):
 
 
 def load_pipeline(args):
-    from layert2v_core.loading import load_layer_vae, load_layered_dit, load_text_encoder
+    from layert2v_core.weights.loading import load_layer_vae, load_layered_dit, load_text_encoder
     from layert2v_core.pipeline import LayerT2VPipeline
 
     dit = load_layered_dit(args.dit, args.adapter, dtype="fp32")

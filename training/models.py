@@ -12,12 +12,12 @@ from typing import Optional
 
 import torch
 
-from layert2v_core.adapter_format import MASK_FILE, load_layert2v_adapter
+from layert2v_core.weights.layert2v_adapter import MASK_FILE, load_layert2v_adapter
 from layert2v_core.config import LayerT2VConfig
 from layert2v_core.dit import LayeredWanTransformer
 from layert2v_core.mask_vae import MaskVAE
 from layert2v_core.text import TextEncoder
-from layert2v_core.weight_files import load_safetensors
+from layert2v_core.weights.files import load_safetensors
 
 from .config import ModelConfig
 
@@ -50,7 +50,7 @@ def build_vae(cfg: ModelConfig, device):
 
         vae = build_tiny_vae(seed=cfg.seed)
     elif cfg.kind == "wan":
-        from layert2v_core.weights import load_wan_vae
+        from layert2v_core.weights.wan_single_file import load_wan_vae
 
         vae = load_wan_vae(_required(cfg.vae_path, "model.vae_path"), dtype=DTYPES[cfg.dtype])
     else:
@@ -81,7 +81,7 @@ def build_dit(cfg: ModelConfig, config: LayerT2VConfig, device) -> LayeredWanTra
 
         base = build_tiny_transformer(seed=cfg.seed)
     else:
-        from layert2v_core.weights import load_wan_transformer
+        from layert2v_core.weights.wan_single_file import load_wan_transformer
 
         base = load_wan_transformer(_required(cfg.dit_path, "model.dit_path"), dtype=DTYPES[cfg.dtype])
     base = base.to(device).requires_grad_(False)

@@ -31,7 +31,7 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from layert2v_core.text import TextEncoder
 from layert2v_core.tiny import TINY_WORDS, build_tiny_tokenizer, build_tiny_umt5
 from layert2v_core.vae_io import decode_latent, decoder_chunks, encode_frames
-from layert2v_core.weights import save_with_config
+from layert2v_core.weights.wan_single_file import save_with_config
 
 from .config import RunConfig, load_config
 from .data.synthetic import held_out_prompts

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from layert2v_core.adapter_format import CONFIG_FILE, MASK_FILE
-from layert2v_core.weight_files import atomic_save_safetensors, atomic_write_text
+from layert2v_core.weights.layert2v_adapter import CONFIG_FILE, MASK_FILE
+from layert2v_core.weights.files import atomic_save_safetensors, atomic_write_text
 
 from .config import RunConfig
 from .data.vidlayer import VidLayerDataset, collate_layered

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from layert2v_core.adapter_format import save_layert2v_adapter
+from layert2v_core.weights.layert2v_adapter import save_layert2v_adapter
 from layert2v_core.pipeline import LayerT2VPipeline
 from layert2v_core.sampler import SamplerConfig
 

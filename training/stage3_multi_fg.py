@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from layert2v_core.adapter_format import load_layert2v_adapter
+from layert2v_core.weights.layert2v_adapter import load_layert2v_adapter
 from layert2v_core.layout import LayerLayout
 
 from .stage2_joint import JointTask

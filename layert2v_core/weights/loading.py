@@ -9,13 +9,13 @@ from typing import Optional
 
 import torch
 
-from .adapter_format import load_checkpoint
-from .config import LayerT2VConfig
-from .dit import LayeredWanTransformer
-from .mask_vae import MaskVAE
-from .text import TextEncoder
-from .vae_io import denormalize_latent, normalize_latent
-from .weights import load_wan_transformer, load_wan_vae
+from ..config import LayerT2VConfig
+from ..dit import LayeredWanTransformer
+from ..mask_vae import MaskVAE
+from ..text import TextEncoder
+from ..vae_io import denormalize_latent, normalize_latent
+from .checkpoint import load_checkpoint
+from .wan_single_file import load_wan_transformer, load_wan_vae
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -83,7 +83,7 @@ class LayerT2VModel:
 
     @classmethod
     def from_dit(cls, dit: LayeredWanTransformer, name: str = "") -> "LayerT2VModel":
-        from .weights import shipped_config
+        from .wan_single_file import shipped_config
 
         stats = dit.config.extra.get("latents_mean"), dit.config.extra.get("latents_std")
         if None in stats:  # Wan2.1's own VAE statistics, from the shipped config

@@ -35,9 +35,10 @@ from pathlib import Path
 import torch
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers, convert_wan_vae_to_diffusers
 
-from .adapter_format import LAYER_ADALN_KEY, LayerT2VAdapter
-from .config import LayerT2VConfig
-from .weight_files import WeightsError, load_pickle_weights, load_safetensors
+from ..config import LayerT2VConfig
+from ..dit import LAYER_ADALN_KEY
+from .layert2v_adapter import LayerT2VAdapter
+from .files import WeightsError, load_pickle_weights, load_safetensors
 
 logger = logging.getLogger(__name__)
 

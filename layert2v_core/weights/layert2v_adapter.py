@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from .config import LayerT2VConfig
-from .dit import LAYER_ADALN_KEY
-from .weight_files import (
+from ..config import LayerT2VConfig
+from ..dit import LAYER_ADALN_KEY
+from .files import (
     WeightsError,
     atomic_save_safetensors,
     atomic_write_text,
@@ -138,7 +138,7 @@ def _save_folder(path: Path, config: LayerT2VConfig, dit_state: dict, mask_state
 
 # ---- load ---------------------------------------------------------------------------------------
 def load_layert2v_adapter(path: str | Path) -> LayerT2VAdapter:
-    """Read a LayerT2V adapter folder or single file (not the authors' layout: see load_checkpoint)."""
+    """Read a LayerT2V adapter folder or single file (the authors' layout: authors_folder.py)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"LayerT2V adapter {str(path)!r} does not exist")
@@ -198,19 +198,3 @@ def _check_adaln(dit_state: dict, config: LayerT2VConfig, where: str) -> None:
             f"{where}: {LAYER_ADALN_KEY} has shape {tuple(adaln.shape)}; the config "
             f"(max_foregrounds={config.max_foregrounds}) needs ({config.adaln_rows}, 6, dim)"
         )
-
-
-# ---- any checkpoint -----------------------------------------------------------------------------
-def load_checkpoint(path: str | Path, use_ema: bool | None = None) -> LayerT2VAdapter:
-    """A LayerT2V adapter in our format or in the authors' training layout (detected)."""
-    from .authors_import import import_authors_checkpoint, is_authors_checkpoint
-
-    path = Path(path)
-    if path.is_dir() and not (path / CONFIG_FILE).exists():
-        if is_authors_checkpoint(path):
-            return import_authors_checkpoint(path, use_ema=use_ema)
-        raise FileNotFoundError(
-            f"{str(path)!r} is not a LayerT2V checkpoint folder: expected {CONFIG_FILE} + {DIT_FILE} (ours) or "
-            f"adapter_config.json + adapter_model.safetensors (the authors' training layout)"
-        )
-    return load_layert2v_adapter(path)

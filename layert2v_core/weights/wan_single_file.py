@@ -16,7 +16,7 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers, convert_wan_vae_to_diffusers
 
 from . import wan_keys
-from .weight_files import (
+from .files import (
     PICKLE_SUFFIXES,
     CorruptWeightsError,
     WeightsError,
@@ -27,7 +27,7 @@ from .weight_files import (
     read_safetensors_index,
 )
 
-CONFIGS_DIR = Path(__file__).parent / "configs"
+CONFIGS_DIR = Path(__file__).parent.parent / "configs"
 WAN21_T2V_1_3B = CONFIGS_DIR / "wan2.1_t2v_1.3B"
 
 
