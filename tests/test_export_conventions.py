@@ -100,6 +100,8 @@ def test_fps_is_exact():
      r"rgb must be a float"),
     (lambda d, c: write_prores(d / "x.mov", c.premultiplied * 255, fps=8), r"values in \[0, 1\]"),
     (lambda d, c: write_png_sequence(d / "p", c.premultiplied, bit_depth=12), r"bit_depth"),
+    (lambda d, c: write_png_sequence(d / "p", c.premultiplied, c.alpha, alpha_mode="premultiplied"),
+     r"alpha_mode must be 'straight' for PNG \(the PNG specification"),
     (lambda d, c: write_png_sequence(d / "p", c.full, prefix="a/b"), r"prefix must be"),
     (lambda d, c: write_png_sequence(d / "p", c.full, first_frame=-1), r"first_frame must be"),
     (lambda d, c: write_exr_sequence(d / "e", c.premultiplied, c.alpha, alpha_mode="straight"),

@@ -46,11 +46,31 @@ def test_layer_set_all_formats_manifest_and_loader(tmp_path, two_fg):
 
     fg = loaded.layer("foreground_1")
     assert fg["has_alpha"] is True
-    modes = {o["format"]: o["alpha_mode"] for o in fg["outputs"]}
-    assert modes == {"png8": "straight", "png16": "straight", "exr_half": "premultiplied",
-                     "exr_float": "premultiplied", "prores_4444": "straight", "webm_vp9": "straight"}
+    modes = {o["format"]: (o["alpha_mode"], o["transfer"]) for o in fg["outputs"]}
+    assert modes == {"png8": ("straight", "srgb"), "png16": ("straight", "srgb"),
+                     "exr_half": ("premultiplied", "linear"), "exr_float": ("premultiplied", "linear"),
+                     "exr_multilayer": ("premultiplied", "linear"),
+                     "prores_4444": ("straight", "srgb"), "webm_vp9": ("straight", "srgb")}
     assert {o["format"] for o in loaded.layer("full")["outputs"]} == {
-        "png8", "png16", "exr_half", "exr_float", "prores_422_hq", "webm_vp9", "h264"}
+        "png8", "png16", "exr_half", "exr_float", "exr_multilayer", "prores_422_hq", "webm_vp9",
+        "h264"}
+    assert m["composite"]["space"] == "srgb_encoded" and "over" in m["composite"]["rule"]
+    multi = loaded.output("foreground_2", "exr_multilayer")
+    assert multi["channels"] == [f"foreground_2.{c}" for c in "RGBA"]
+    assert loaded.output("full", "exr_multilayer")["alpha_mode"] is None
+    assert m["comp"]["blender"] == "blender_comp.py" and (ls.path / "blender_comp.py").is_file()
+
+    # Every file inside the set carries its own convention (a copied-out file still says it).
+    seq_side = json.loads((ls.path / "png16" / "foreground_1" / "sequence.json").read_text())
+    mov_side = json.loads((ls.path / "prores" / "foreground_1.mov.json").read_text())
+    webm_side = json.loads((ls.path / "webm" / "background.webm.json").read_text())
+    assert (seq_side["alpha_mode"], seq_side["transfer"]) == ("straight", "srgb")
+    assert (mov_side["alpha_mode"], mov_side["transfer"], mov_side["path"]) == (
+        "straight", "srgb", "foreground_1.mov")
+    assert webm_side["alpha_mode"] is None and "libvpx" in webm_side["decoder"]
+    for side in (seq_side, mov_side, webm_side):
+        assert side["composite"]["space"] == "srgb_encoded"
+        assert side["composite"]["alpha_polarity"].startswith("1 = opaque")
     assert [p["layer"] for p in m["previews"]] == ["recomposite"]
     png = loaded.output("foreground_2", "png16")
     files = loaded.files(png)
@@ -62,8 +82,8 @@ def test_layer_set_all_formats_manifest_and_loader(tmp_path, two_fg):
     total = calls[-1][1]
     assert all(t == total for _, t in calls) and calls[-1][0] == total
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
-    n_outputs = sum(len(layer["outputs"]) for layer in m["layers"]) + len(m["previews"])
-    assert total == F * n_outputs
+    n_files = sum(o["format"] != "exr_multilayer" for layer in m["layers"] for o in layer["outputs"])
+    assert total == F * (n_files + 1 + len(m["previews"]))  # + 1: the one multi-layer EXR sequence
 
 
 def test_second_set_gets_next_counter_and_first_is_untouched(tmp_path, two_fg):

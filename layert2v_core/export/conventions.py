@@ -10,12 +10,16 @@ The model's foreground layer is PREMULTIPLIED on black: fg = full * alpha. That 
 writer in this package takes as its `rgb` argument for a layer with alpha; the writer's
 `alpha_mode` only says what goes INTO THE FILE:
 
-- "straight":      file colour = fg / alpha (un-premultiplied; PNG, ProRes and WebM readers
-                   expect this, and FFmpeg treats all alpha pixel formats as straight);
-- "premultiplied": file colour = fg (OpenEXR defines RGBA as premultiplied).
+- "straight":      file colour = fg / alpha (un-premultiplied; PNG's specification demands it,
+                   and ProRes, WebM and FFmpeg readers assume it);
+- "premultiplied": file colour = colour x alpha in the space the file holds: sRGB-encoded for
+                   ProRes/WebM (which is the model's own fg), linear light for OpenEXR (which
+                   defines RGBA as premultiplied linear values). PNG refuses it.
 
 Compositing is Porter-Duff "over" on premultiplied colour: out = fg + bg * (1 - alpha), with K
-foregrounds applied in order, the first foreground lowest.
+foregrounds applied in order, the first foreground lowest. The model's composite holds on
+sRGB-ENCODED values (COMPOSITE_SPACE): a linear-light comp of the same layers (Nuke's default on
+EXR) differs from the `full` layer wherever alpha is soft (up to ~0.27 on strong colour contrast).
 """
 
 from __future__ import annotations
@@ -34,6 +38,20 @@ DEFAULT_EPS = 1.0 / 4096
 ALPHA_POLARITY = "1 = opaque, 0 = transparent"
 MODEL_FOREGROUND_CONVENTION = "premultiplied on black (fg = full * alpha)"
 COMPOSITE_RULE = "over: out = fg + bg * (1 - alpha); foregrounds in order, first lowest"
+COMPOSITE_SPACE = "srgb_encoded"
+COMPOSITE_SPACE_NOTE = ("the model composites sRGB-encoded (display) values; to reproduce `full`, "
+                        "composite sRGB-encoded colour, not linear light")
+
+# What the colour values of a file hold (every output records one).
+SRGB = "srgb"       # IEC 61966-2-1 encoded, as the model produces them (PNG, ProRes, WebM, H.264)
+LINEAR = "linear"   # linear light, sRGB/BT.709 primaries (OpenEXR)
+TRANSFERS = (SRGB, LINEAR)
+
+
+def composite_convention() -> dict:
+    """The block that manifests and sidecars carry, so no reader has to guess."""
+    return {"rule": COMPOSITE_RULE, "space": COMPOSITE_SPACE, "note": COMPOSITE_SPACE_NOTE,
+            "alpha_polarity": ALPHA_POLARITY, "model_foreground": MODEL_FOREGROUND_CONVENTION}
 
 
 def to_straight(premult_rgb, alpha, eps: float = DEFAULT_EPS):

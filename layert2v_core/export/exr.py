@@ -19,13 +19,13 @@ import av
 import numpy as np
 
 from .color import srgb_to_linear
-from .conventions import PREMULTIPLIED, to_premultiplied, to_straight
+from .conventions import LINEAR, PREMULTIPLIED, SRGB, to_premultiplied, to_straight
 from .records import WrittenOutput
 from .sequence import write_sequence
 from .validate import as_alpha_frames, as_rgb_frames, check_alpha_args, check_choice, check_progress
 
 PRECISIONS = ("half", "float")
-TRANSFERS = ("linear", "srgb")
+TRANSFERS = (LINEAR, SRGB)
 COMPRESSIONS = ("none", "rle", "zip1", "zip16")
 
 
@@ -59,9 +59,8 @@ def write_exr_sequence(
     pix_fmt = "gbrpf32le" if alpha is None else "gbrapf32le"
     record = WrittenOutput(
         path=Path(folder), format=f"exr_{precision}", frame_count=frames, width=width,
-        height=height, has_alpha=alpha is not None, alpha_mode=alpha_mode,
-        details={"precision": precision, "transfer": transfer, "compression": compression,
-                 "codec": "exr"},
+        height=height, has_alpha=alpha is not None, alpha_mode=alpha_mode, transfer=transfer,
+        details={"precision": precision, "compression": compression, "codec": "exr"},
     )
     options = {"format": precision, "compression": compression}
     return write_sequence(
@@ -73,7 +72,7 @@ def write_exr_sequence(
 
 def exr_rgb(premult_rgb: np.ndarray, alpha: np.ndarray | None, transfer: str) -> np.ndarray:
     """The premultiplied colour an EXR file holds for a model-convention layer."""
-    if transfer == "srgb":
+    if transfer == SRGB:
         return premult_rgb
     if alpha is None:
         return srgb_to_linear(premult_rgb)

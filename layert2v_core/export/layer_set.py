@@ -4,9 +4,14 @@
         layers.json
         png16/<layer>/<layer>.00000.png ...    one folder per layer (png8 likewise)
         exr_half/<layer>/<layer>.00000.exr ... (exr_float likewise)
+        exr_multilayer/layers.00000.exr ...    every layer as channels full.R ... foreground_1.A
         prores/<layer>.mov                     4444 + alpha for foregrounds, 422 HQ otherwise
         webm/<layer>.webm                      VP9, with alpha for foregrounds
         preview/<layer>.mp4                    H.264 of the opaque layers and the recomposite
+        blender_comp.py                        the ready comp: `blender -b --python blender_comp.py`
+
+Every sequence folder holds a `sequence.json` and every movie a `<file>.json` sidecar, so a file
+copied out of the set still says its alpha mode, transfer and the model's composite convention.
 
 The whole folder is written under a temporary name and renamed when complete, so a compositor
 template or a script never sees half a set.
@@ -22,18 +27,22 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .atomic import atomic_output, write_bytes_atomic
+from .blender_comp import COMP_NAME, blender_comp_script
 from .conventions import (ALPHA_POLARITY, COMPOSITE_RULE, DEFAULT_EPS, MODEL_FOREGROUND_CONVENTION,
-                          PREMULTIPLIED, STRAIGHT, check_alpha_mode, composite_over)
+                          PREMULTIPLIED, STRAIGHT, check_alpha_mode, composite_convention,
+                          composite_over)
 from .exr import TRANSFERS, write_exr_sequence
+from .exr_multilayer import layer_channels, write_multilayer_exr_sequence
 from .manifest import MANIFEST_NAME, RECOMPOSITE, SCHEMA, SCHEMA_VERSION, LayerSet, validate_manifest
 from .png import write_png_sequence
 from .records import fps_to_json, software_info
 from .validate import as_alpha_frames, as_rgb_frames, check_choice, check_fps, check_progress
 from .video import write_h264_preview, write_prores, write_webm
 
-FORMATS = ("png8", "png16", "exr_half", "exr_float", "prores", "webm", "h264")
+FORMATS = ("png8", "png16", "exr_half", "exr_float", "exr_multilayer", "prores", "webm", "h264")
 DEFAULT_FORMATS = ("png16", "prores", "h264")
 BACKGROUND = "background"  # the opaque layer that the recomposite preview starts from
+ALL_LAYERS = "*"           # a job whose one output holds every layer (multi-layer EXR)
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -57,8 +66,9 @@ def write_layer_set(
     `layers` maps layer names ("full", "background", "foreground_1", ...) to (F, H, W, 3) RGB;
     `alphas` maps the names of layers that have alpha to (F, H, W). Foreground RGB is in the
     model's convention, premultiplied. Foregrounds are composited in the order they appear in
-    `layers`, first lowest, over "background". `alpha_mode` is what PNG, ProRes and WebM files
-    store; EXR files are always premultiplied. `progress(done, total)` counts frames written over
+    `layers`, first lowest, over "background". `alpha_mode` is what ProRes and WebM files store;
+    PNG files are always straight and EXR files always premultiplied, as their specifications
+    define (each output records its mode). `progress(done, total)` counts frames written over
     all outputs; an exception raised from it cancels the write and leaves no output behind.
     """
     rgb, alpha = _check_layers(layers, alphas)
@@ -92,14 +102,21 @@ def write_layer_set(
             def report(d, _t, base=done):
                 if progress:
                     progress(base + d, total)
-            record = write(target.tmp / subpath, progress=report, sidecar=False)
+            record = write(target.tmp / subpath, progress=report, sidecar=True)
             done += frames
             entry = record.to_json(relative_to=target.tmp)
             if layer == RECOMPOSITE:
                 previews.append({"layer": layer, **entry})
+            elif layer == ALL_LAYERS:
+                for name in rgb:
+                    outputs[name].append(_one_layer_of(entry, name, name in alpha))
             else:
                 outputs[layer].append(entry)
-        manifest = _manifest(rgb, alpha, rate, order, outputs, previews, prompts, seed, metadata)
+        comp = blender_comp_script(outputs, order, width, height, frames, rate)
+        if comp is not None:
+            write_bytes_atomic(target.tmp / COMP_NAME, comp.encode())
+        manifest = _manifest(rgb, alpha, rate, order, outputs, previews, prompts, seed, metadata,
+                             COMP_NAME if comp is not None else None)
         problems = validate_manifest(manifest, target.tmp)
         if problems:  # a bug in this module, never the caller's fault
             raise RuntimeError("layer set failed its own validation: " + "; ".join(problems))
@@ -111,11 +128,16 @@ def _plan(rgb, alpha, formats, rate, alpha_mode, exr_transfer, order):
     """(layer, path inside the set, writer(path, progress)) for every output, in writing order."""
     jobs = []
     for fmt in formats:
+        if fmt == "exr_multilayer":
+            write = partial(write_multilayer_exr_sequence, layers=rgb, alphas=alpha, prefix="layers")
+            jobs.append((ALL_LAYERS, "exr_multilayer", write))
+            continue
         for layer, pixels in rgb.items():
             a = alpha.get(layer)
             mode = alpha_mode if a is not None else None
-            if fmt in ("png8", "png16"):
-                write = partial(write_png_sequence, rgb=pixels, alpha=a, alpha_mode=mode,
+            if fmt in ("png8", "png16"):  # the PNG specification allows straight alpha only
+                write = partial(write_png_sequence, rgb=pixels, alpha=a,
+                                alpha_mode=STRAIGHT if a is not None else None,
                                 bit_depth=int(fmt[3:]))
                 jobs.append((layer, f"{fmt}/{layer}", write))
             elif fmt in ("exr_half", "exr_float"):
@@ -144,7 +166,15 @@ def _write_recomposite(rgb, alpha, order, rate, path, progress=None, sidecar=Fal
     return write_h264_preview(path, comp, fps=rate, progress=progress, sidecar=sidecar)
 
 
-def _manifest(rgb, alpha, rate, order, outputs, previews, prompts, seed, metadata) -> dict:
+def _one_layer_of(entry: dict, name: str, has_alpha: bool) -> dict:
+    """A multi-layer output as seen from one layer: its channel group and alpha mode."""
+    one = {k: v for k, v in entry.items() if k != "channels"}
+    one["alpha_mode"] = PREMULTIPLIED if has_alpha else None
+    one["channels"] = layer_channels(name)
+    return one
+
+
+def _manifest(rgb, alpha, rate, order, outputs, previews, prompts, seed, metadata, comp) -> dict:
     first = next(iter(rgb.values()))
     frames, height, width = first.shape[:3]
     return {
@@ -163,9 +193,11 @@ def _manifest(rgb, alpha, rate, order, outputs, previews, prompts, seed, metadat
             "model_foreground": MODEL_FOREGROUND_CONVENTION,
             "composite": COMPOSITE_RULE,
             "unpremultiply_eps": DEFAULT_EPS,
-            "file_modes": "each output's alpha_mode says what its colour holds",
+            "file_modes": "each output's alpha_mode and transfer say what its colour holds",
         },
+        "composite": composite_convention(),
         "composite_order": order,
+        "comp": {"blender": comp},
         "layers": [{"name": n, "has_alpha": n in alpha, "outputs": outputs[n]} for n in rgb],
         "previews": previews,
         "metadata": metadata or {},

@@ -12,13 +12,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .conventions import ALPHA_MODES
+from .conventions import ALPHA_MODES, TRANSFERS
 
 MANIFEST_NAME = "layers.json"
 SCHEMA = "layert2v.layer_set"
-SCHEMA_VERSION = 1
-OUTPUT_FORMATS = ("png8", "png16", "exr_half", "exr_float", "prores_4444", "prores_422_hq",
-                  "webm_vp9", "h264")
+SCHEMA_VERSION = 2  # 2: every output states its transfer; composite space; multi-layer EXR
+OUTPUT_FORMATS = ("png8", "png16", "exr_half", "exr_float", "exr_multilayer", "prores_4444",
+                  "prores_422_hq", "webm_vp9", "h264")
 RECOMPOSITE = "recomposite"  # name of the preview of all layers composited again
 
 
@@ -150,6 +150,8 @@ def _check_output(out, where: str, manifest: dict, has_alpha, root) -> list[str]
                         f"got {out.get('alpha_mode')!r}")
     if not has_alpha and out.get("alpha_mode") is not None:
         problems.append(f"{where}: alpha_mode must be null for a layer without alpha")
+    if manifest["schema_version"] >= 2 and out.get("transfer") not in TRANSFERS:
+        problems.append(f"{where}: transfer must be one of {TRANSFERS}, got {out.get('transfer')!r}")
     for key in ("frame_count", "width", "height"):
         if out.get(key) != manifest[key]:
             problems.append(f"{where}: {key} {out.get(key)!r} differs from the set's {manifest[key]!r}")

@@ -1,8 +1,9 @@
 """PNG sequences, 8- or 16-bit, RGB or RGBA.
 
-PNG alpha is straight by specification (readers such as OpenImageIO premultiply on load), so
-`alpha_mode="straight"` is the one that other programs read correctly; "premultiplied" is there
-for pipelines that know what they asked for, and the sidecar records it either way.
+PNG alpha is straight by specification ("PNG does not use premultiplied alpha", PNG spec 12.8;
+readers such as OpenImageIO and Blender premultiply on load), so "straight" is the only alpha mode
+accepted: premultiplied colour in a PNG composites with dark fringes in every reader.
+Values are sRGB-encoded, and the file is tagged so (sRGB chunk).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import av
 import numpy as np
 
 from .color import quantize_full
-from .conventions import file_rgb
+from .conventions import SRGB, STRAIGHT, file_rgb
 from .records import WrittenOutput
 from .sequence import write_sequence
 from .validate import as_alpha_frames, as_rgb_frames, check_alpha_args, check_choice, check_progress
@@ -47,14 +48,18 @@ def write_png_sequence(
     rgb = as_rgb_frames(rgb, "rgb")
     alpha = None if alpha is None else as_alpha_frames(alpha, rgb, "alpha")
     alpha_mode = check_alpha_args(alpha, alpha_mode)
+    if alpha_mode not in (None, STRAIGHT):
+        raise ValueError(f"alpha_mode must be 'straight' for PNG (the PNG specification defines alpha "
+                         f"as straight; premultiplied PNGs fringe in every reader), got {alpha_mode!r}; "
+                         f"use an EXR for premultiplied layers")
     check_choice(bit_depth, BIT_DEPTHS, "bit_depth")
     check_progress(progress)
     frames, height, width, _ = rgb.shape
     pix_fmt = _PIX_FMTS[(bit_depth, alpha is not None)]
     record = WrittenOutput(
         path=Path(folder), format=f"png{bit_depth}", frame_count=frames, width=width,
-        height=height, has_alpha=alpha is not None, alpha_mode=alpha_mode,
-        details={"bit_depth": bit_depth, "transfer": "srgb", "codec": "png"},
+        height=height, has_alpha=alpha is not None, alpha_mode=alpha_mode, transfer=SRGB,
+        details={"bit_depth": bit_depth, "codec": "png"},
     )
     return write_sequence(
         folder, _frames(rgb, alpha, alpha_mode, bit_depth, pix_fmt), codec="png",

@@ -1,7 +1,8 @@
 """What a writer produced, and the sidecar JSON that records it next to the output.
 
 The sidecar exists so that a file moved out of its layer set still says how its alpha is meant
-(straight or premultiplied): no container we write has a standard field for that.
+(straight or premultiplied), what its values hold (sRGB-encoded or linear) and in which space the
+model composites: no container we write has a standard field for the alpha convention.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from .atomic import write_bytes_atomic
-from .conventions import ALPHA_POLARITY, COMPOSITE_RULE, MODEL_FOREGROUND_CONVENTION
+from .conventions import composite_convention
 
 SIDECAR_SUFFIX = ".json"          # clip.mov -> clip.mov.json
 SEQUENCE_SIDECAR = "sequence.json"  # inside a PNG/EXR sequence folder
@@ -28,6 +29,7 @@ class WrittenOutput:
     height: int
     has_alpha: bool
     alpha_mode: str | None        # what the FILE holds; None for opaque layers
+    transfer: str                 # conventions.SRGB or conventions.LINEAR: what the values hold
     fps: Fraction | None = None
     pattern: str | None = None    # sequences: printf-style frame file name inside `path`
     first_frame: int | None = None
@@ -43,6 +45,7 @@ class WrittenOutput:
             "height": self.height,
             "has_alpha": self.has_alpha,
             "alpha_mode": self.alpha_mode,
+            "transfer": self.transfer,
         }
         if self.fps is not None:
             out["fps"] = fps_to_json(self.fps)
@@ -84,9 +87,7 @@ def sidecar_json(record: WrittenOutput) -> dict:
         del body["path"]  # a sequence sidecar lives inside the folder it describes
     else:
         body["path"] = record.path.name
-    body["alpha_polarity"] = ALPHA_POLARITY
-    body["model_foreground"] = MODEL_FOREGROUND_CONVENTION
-    body["composite"] = COMPOSITE_RULE
+    body["composite"] = composite_convention()
     body["software"] = software_info()
     return body
 

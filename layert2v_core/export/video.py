@@ -1,16 +1,28 @@
 """Movie files through PyAV: ProRes (.mov), VP9 with alpha (.webm), H.264 previews (.mp4).
 
-All three get Y'CbCr computed here with the BT.709 matrix (see color.py) and are tagged bt709,
-limited range, on both the stream and every frame: prores_ks copies the frame tags into its
-frame headers, which is what ffprobe and editors read; the container copies the stream tags.
+All three get Y'CbCr computed here with the BT.709 matrix (see color.py), limited range. The
+values are the model's sRGB-encoded colour, so the transfer is tagged iec61966-2-1 (sRGB), not
+bt709: a reader that honours the tag (zscale, Resolve with colour management, OCIO-aware tools)
+would otherwise decode them with the BT.709 curve and darken the picture. Primaries and matrix
+are BT.709 (sRGB shares the primaries). Tags go on the stream and on every frame: prores_ks copies
+the frame tags into its frame headers, which is what ffprobe and editors read.
 Alpha planes are full range. FFmpeg treats every alpha pixel format as straight alpha, and so do
-browsers for VP9, hence `alpha_mode="straight"` is the interoperable choice for these files.
+browsers for VP9, hence `alpha_mode="straight"` is the interoperable choice for these files;
+"premultiplied" stores sRGB-encoded colour x alpha (the model's own fg), for readers told so
+(ffmpeg `overlay=alpha=premultiplied`, Blender's compositor, which takes every movie as
+premultiplied).
+
+WebM (Matroska) counts time in whole milliseconds. Frame i is stamped floor(i * 1000 / fps) ms,
+never after its exact time i / fps, so a reader sampling at frame times (ffmpeg's overlay, an
+editor's timeline) gets frame i at time i / fps; rounding to nearest would put frame 1 of a 16 fps
+clip at 63 ms, after the 62.5 ms where the other layers show their frame 1.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -18,13 +30,14 @@ import numpy as np
 
 from .atomic import atomic_output
 from .color import quantize_full, quantize_ycbcr
-from .conventions import file_rgb
+from .conventions import SRGB, file_rgb
 from .records import SIDECAR_SUFFIX, WrittenOutput, write_sidecar
 from .validate import as_alpha_frames, as_rgb_frames, check_alpha_args, check_fps, check_progress
 
-# AVColorPrimaries / AVColorTransferCharacteristic / AVColorSpace value 1 = BT.709;
-# AVColorRange 1 = MPEG ("tv", limited).
-BT709, RANGE_LIMITED = 1, 1
+# AVColorPrimaries / AVColorSpace value 1 = BT.709; AVColorTransferCharacteristic 13 =
+# IEC 61966-2-1 (sRGB); AVColorRange 1 = MPEG ("tv", limited).
+BT709, TRC_SRGB, RANGE_LIMITED = 1, 13, 1
+MATROSKA_TIME_BASE = Fraction(1, 1000)
 
 
 @dataclass(frozen=True)
@@ -82,7 +95,7 @@ def _write_movie(spec: VideoSpec, path, rgb, alpha, fps, alpha_mode, progress, s
         raise ValueError(f"rgb: H.264 4:2:0 needs an even width and height, got {width}x{height}")
     record = WrittenOutput(
         path=Path(path), format=spec.format, frame_count=frames, width=width, height=height,
-        has_alpha=alpha is not None, alpha_mode=alpha_mode, fps=rate,
+        has_alpha=alpha is not None, alpha_mode=alpha_mode, transfer=SRGB, fps=rate,
         details=_details(spec),
     )
     with atomic_output(path) as target:
@@ -102,10 +115,10 @@ def _write_movie(spec: VideoSpec, path, rgb, alpha, fps, alpha_mode, progress, s
                     if i + 1 < frames:
                         pending = pool.submit(convert, i + 1)
                     frame.pts = i
-                    container.mux(stream.encode(frame))
+                    container.mux(_on_frame_times(stream.encode(frame), spec, rate))
                     if progress:
                         progress(i + 1, frames)
-            container.mux(stream.encode(None))
+            container.mux(_on_frame_times(stream.encode(None), spec, rate))
         finally:
             container.close()
     record.path = target.path
@@ -114,8 +127,25 @@ def _write_movie(spec: VideoSpec, path, rgb, alpha, fps, alpha_mode, progress, s
     return record
 
 
+def _on_frame_times(packets, spec: VideoSpec, rate: Fraction):
+    """Matroska packets stamped floor(i / fps) in ms (see the module note); others as encoded."""
+    if spec.container != "webm":
+        return packets
+    for packet in packets:
+        index = packet.pts  # the encoder's time base is 1 / fps: pts is the frame index
+        start, end = (int(k / rate / MATROSKA_TIME_BASE) for k in (index, index + 1))
+        packet.time_base = MATROSKA_TIME_BASE
+        packet.pts = packet.dts = start
+        packet.duration = end - start
+    return packets
+
+
 def _details(spec: VideoSpec) -> dict:
-    details = {"codec": spec.codec, "pix_fmt": spec.pix_fmt, "color": "bt709 limited range"}
+    details = {"codec": spec.codec, "pix_fmt": spec.pix_fmt,
+               "color": "bt709 primaries and matrix, srgb (iec61966-2-1) transfer, limited range"}
+    if spec.container == "webm":
+        details["decoder"] = "libvpx-vp9 (FFmpeg's native vp9 decoder drops the alpha)"
+        details["timestamps"] = "frame i at floor(i * 1000 / fps) ms"
     if spec.chroma != "444":
         details["chroma_siting"] = "left"
     if "profile" in dict(spec.options):
@@ -127,7 +157,8 @@ def _add_stream(container, spec: VideoSpec, rate, width, height):
     stream = container.add_stream(spec.codec, rate=rate)
     stream.width, stream.height, stream.pix_fmt = width, height, spec.pix_fmt
     ctx = stream.codec_context
-    ctx.color_primaries = ctx.color_trc = ctx.colorspace = BT709
+    ctx.color_primaries = ctx.colorspace = BT709
+    ctx.color_trc = TRC_SRGB
     ctx.color_range = RANGE_LIMITED
     ctx.thread_type = "AUTO"
     ctx.thread_count = 0
@@ -149,6 +180,7 @@ def _yuv_frame(spec: VideoSpec, premult_rgb, alpha, alpha_mode) -> av.VideoFrame
         # Planes are padded to `line_size` bytes per row; copy row by row through a strided view.
         rows = np.frombuffer(plane, dtype=data.dtype).reshape(plane.height, -1)
         rows[:, : data.shape[1]] = data
-    frame.color_primaries = frame.color_trc = frame.colorspace = BT709
+    frame.color_primaries = frame.colorspace = BT709
+    frame.color_trc = TRC_SRGB
     frame.color_range = RANGE_LIMITED
     return frame
