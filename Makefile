@@ -4,7 +4,7 @@
 PY      ?= python3
 VENV    := .venv
 VPY     := $(VENV)/bin/python
-APT_PKGS := ffmpeg openimageio-tools chromium
+APT_PKGS := ffmpeg openimageio-tools chromium blender
 
 .PHONY: test demo demo-model venv system-deps bench clean
 
