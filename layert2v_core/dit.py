@@ -131,12 +131,15 @@ class LayeredWanTransformer(nn.Module):
         timestep: torch.Tensor,
         context: torch.Tensor,
         layout: LayerLayout,
+        blocks=None,
     ) -> torch.Tensor:
         """Velocity for a serialized latent.
 
         latent:   (B, C, L*T', h, w) in the layout's segment order.
         timestep: (B,) one timestep for all segments, or (B, L) one per segment (0..1000).
         context:  (B, P, text_len, text_dim) text embeddings, P prompt slots in layout.prompt_names order.
+        blocks:   optional stand-in for the block stack, called as blocks(self, tokens, modulation,
+                  segments, run_blocks): a step cache (step_cache.py) may reuse an earlier residual.
         """
         base = self.base
         batch = latent.shape[0]
@@ -164,12 +167,11 @@ class LayeredWanTransformer(nn.Module):
         text = text.view(batch, prompts, text_len, -1)
 
         routes = self._routes(layout, context.device)
-        for block in base.blocks:
-            # Through the block's own forward: an FSDP or checkpoint wrapper around it sees every weight used.
-            if torch.is_grad_enabled() and self.gradient_checkpointing:
-                tokens = checkpoint(block, tokens, text, modulation, rotary, routes, segments, use_reentrant=False)
-            else:
-                tokens = block(tokens, text, modulation, rotary, routes, segments)
+        if blocks is None:
+            tokens = self._run_blocks(tokens, text, modulation, rotary, routes, segments)
+        else:
+            tokens = blocks(self, tokens, modulation, segments,
+                            lambda x: self._run_blocks(x, text, modulation, rotary, routes, segments))
 
         shift, scale = (base.scale_shift_table.float() + temb.float()).chunk(2, dim=2)  # (B, L, 1, d)
         normed = base.norm_out(tokens.float()).view(batch, segments, -1, tokens.shape[-1])
@@ -178,6 +180,15 @@ class LayeredWanTransformer(nn.Module):
 
         tokens = tokens.reshape(batch, frames, height, width, p_t, p_h, p_w, -1)
         return tokens.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+    def _run_blocks(self, tokens, text, modulation, rotary, routes, segments):
+        for block in self.base.blocks:
+            # Through the block's own forward: an FSDP or checkpoint wrapper around it sees every weight used.
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                tokens = checkpoint(block, tokens, text, modulation, rotary, routes, segments, use_reentrant=False)
+            else:
+                tokens = block(tokens, text, modulation, rotary, routes, segments)
+        return tokens
 
     @staticmethod
     def _routes(layout: LayerLayout, device) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:

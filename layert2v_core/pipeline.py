@@ -25,7 +25,7 @@ import torch
 from .dit import LayeredWanTransformer
 from .layout import BACKGROUND, FOREGROUND, FULL, MASK, LayerLayout
 from .memory import MemoryEstimate, check_memory, estimate_sampling_memory
-from .sampler import Guidance, SamplerConfig, StepState, sample
+from .sampler import Guidance, SamplerConfig, SamplingStats, StepState, sample
 from .text import encode_layer_prompts, fit_text_len
 from .vae_io import TilingArg, decode_alpha, decode_latent, encode_frames
 
@@ -115,6 +115,7 @@ class LayerT2VPipeline:
         self.vae_tiling = vae_tiling
         self.attention = attention              # what the memory estimate assumes: "sdpa" or "math"
         self.last_memory_estimate: Optional[MemoryEstimate] = None
+        self.last_sampling_stats: Optional[SamplingStats] = None  # forwards run by the last sample_latent
         self._compiled = None
 
     @property
@@ -151,9 +152,9 @@ class LayerT2VPipeline:
         dit = self.dit
         forward = self._compiled_dit() if self.compile_dit else dit
 
-        def velocity(x, t, context):
+        def velocity(x, t, context, blocks=None):
             with torch.no_grad():
-                return forward(x.to(dit.dtype), t, context.to(dit.dtype), layout)
+                return forward(x.to(dit.dtype), t, context.to(dit.dtype), layout, blocks=blocks)
         return velocity
 
     def _compiled_dit(self):
@@ -190,9 +191,10 @@ class LayerT2VPipeline:
             self.last_memory_estimate = check_memory(estimate, self.device)
         if self.dit_offload_device is not None and self.dit.device.type != self.device.type:
             self.dit.to(self.device)  # back from the offload device of the previous call
+        self.last_sampling_stats = SamplingStats()
         try:
-            return sample(self.denoiser(layout), layout, cond, uncond, config,
-                          given=given, callback=callback, device=self.device, guidance=guidance)
+            return sample(self.denoiser(layout), layout, cond, uncond, config, given=given, callback=callback,
+                          device=self.device, guidance=guidance, stats=self.last_sampling_stats)
         finally:
             if self.dit_offload_device is not None:
                 self.dit.to(self.dit_offload_device)

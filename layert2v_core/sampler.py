@@ -7,6 +7,13 @@ in one batched forward. Segments can be given (clean latents for conditional gen
   (works with any checkpoint);
 - "native": the given segment stays clean with its own timestep 0 (checkpoints trained with
   conditional stage 2).
+
+Fewer DiT forwards (both off by default; off = the same arithmetic as without them):
+- guidance range (cfg_start, cfg_end, fractions of the steps): the unconditional pass runs only there;
+  outside it the step is cond-only ("skip": plain conditional velocity) or reuses the last guided
+  step's (cond - uncond) difference ("reuse"), so guidance strength carries on at half the cost.
+- step cache (cache_threshold > 0): TeaCache-style reuse of the block stack's residual (step_cache.py).
+SamplingStats counts what ran.
 """
 
 from __future__ import annotations
@@ -18,9 +25,11 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
 from .layout import LayerLayout, LayoutError
+from .step_cache import StepCache, StepCacheConfig
 
 SAMPLERS = ("euler", "unipc")
 GIVEN_MODES = ("replace", "native")
+CFG_OUTSIDE = ("skip", "reuse")
 NUM_TRAIN_TIMESTEPS = 1000
 
 
@@ -32,6 +41,19 @@ class SamplerConfig:
     sampler: str = "unipc"
     seed: int = 0
     given_mode: str = "replace"
+    cfg_start: float = 0.0           # the unconditional pass runs on steps in [cfg_start, cfg_end) * steps
+    cfg_end: float = 1.0
+    cfg_outside: str = "skip"        # other steps: "skip" guidance or "reuse" the last guided difference
+    cache_threshold: float = 0.0     # step cache (step_cache.py); 0 = off
+    cache_max_skips: int = 2
+
+    @property
+    def step_cache(self) -> StepCacheConfig:
+        return StepCacheConfig(self.cache_threshold, self.cache_max_skips)
+
+    def guided_step(self, index: int) -> bool:
+        """Whether step `index` (from 0) runs the unconditional pass (given an uncond at all)."""
+        return round(float(self.cfg_start) * self.steps) <= index < round(float(self.cfg_end) * self.steps)
 
     def validate(self) -> None:
         if not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
@@ -46,6 +68,23 @@ class SamplerConfig:
             raise ValueError(f"given_mode={self.given_mode!r} is not valid: choose one of {', '.join(GIVEN_MODES)}")
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:
             raise ValueError(f"seed={self.seed!r} is not valid: use an integer in 0..2**64-1")
+        if not 0.0 <= float(self.cfg_start) <= float(self.cfg_end) <= 1.0:
+            raise ValueError(f"cfg_start={self.cfg_start!r}, cfg_end={self.cfg_end!r} are not valid: use "
+                             "0 <= cfg_start <= cfg_end <= 1 (fractions of the steps that run guidance)")
+        if self.cfg_outside not in CFG_OUTSIDE:
+            raise ValueError(f"cfg_outside={self.cfg_outside!r} is not valid: choose one of {', '.join(CFG_OUTSIDE)}")
+        self.step_cache.validate()
+
+
+@dataclass
+class SamplingStats:
+    """What one sample() call ran. A forward = one sample through the block stack (a CFG-batched step
+    computes two); a cached step runs only the embeddings and the output head."""
+    steps: int = 0
+    model_calls: int = 0
+    forwards: int = 0
+    guided_steps: int = 0
+    cached_steps: int = 0
 
 
 @dataclass
@@ -106,14 +145,19 @@ def sample(
     callback: Optional[Callable[[StepState], None]] = None,
     device: torch.device | str = "cpu",
     guidance: Optional[Guidance] = None,
+    stats: Optional[SamplingStats] = None,
 ) -> torch.Tensor:
     """Integrate the flow ODE from shared noise to a clean serialized latent (B=1, float32).
 
     cond / uncond: (1, P, text_len, dim) prompt embeddings in layout.prompt_names order. A callback may
-    raise to cancel; the exception propagates before any further model call.
+    raise to cancel; the exception propagates before any further model call. With the step cache on,
+    the denoiser is called as denoiser(x, t, context, blocks=...) (see LayeredWanTransformer.forward).
     """
     config.validate()
     guided = uncond is not None and float(config.cfg) != 1.0
+    stats = stats if stats is not None else SamplingStats()
+    cache = StepCache(config.step_cache) if config.step_cache.enabled else None
+    last_difference = None  # (cond - uncond) velocity of the last guided step, for cfg_outside="reuse"
     noise = initial_noise(layout, config.seed).to(device)
     x = noise.clone()
     segments = layout.num_segments
@@ -127,6 +171,7 @@ def sample(
 
     context = torch.cat([cond, uncond]) if guided else cond
     context = context.to(device)
+    cond_only = cond.to(device)
 
     scheduler = make_scheduler(config.sampler, config.shift)
     scheduler.set_timesteps(config.steps, device=device)
@@ -142,12 +187,26 @@ def sample(
         t_segments = torch.full((1, segments), float(t), device=device)
         if native:
             t_segments[:, given_segments] = 0.0
-        x_in = torch.cat([x, x]) if guided else x
+        guided_now = guided and config.guided_step(i)
+        x_in = torch.cat([x, x]) if guided_now else x
         t_in = t_segments.expand(x_in.shape[0], segments)
-        v = denoiser(x_in, t_in, context).float()
-        if guided:
+        context_now = context if guided_now or not guided else cond_only
+        if cache is None:
+            v = denoiser(x_in, t_in, context_now).float()
+        else:
+            skipped_before = cache.skipped
+            v = denoiser(x_in, t_in, context_now, blocks=cache.runner(force=i in (0, len(timesteps) - 1))).float()
+            stats.cached_steps += cache.skipped - skipped_before
+        stats.steps += 1
+        stats.model_calls += 1
+        stats.guided_steps += int(guided_now)
+        stats.forwards += x_in.shape[0] if cache is None or cache.skipped == skipped_before else 0
+        if guided_now:
             v_cond, v_uncond = v.chunk(2)
-            v = v_uncond + float(config.cfg) * (v_cond - v_uncond)
+            last_difference = v_cond - v_uncond
+            v = v_uncond + float(config.cfg) * last_difference
+        elif guided and config.cfg_outside == "reuse" and last_difference is not None:
+            v = v + (float(config.cfg) - 1.0) * last_difference
         if guidance is not None:
             v = guidance(i, sigma, x, v)
 

@@ -1,0 +1,143 @@
+"""Quality vs DiT forwards: each speed setting (step cache, guidance range, fewer steps) on the demo model,
+scored with training/eval_demo.py's metrics on the same prompts and seeds, with 95 % intervals.
+
+    nice -n 10 .venv/bin/python bench/quality_vs_forwards.py                 # 64 held-out prompts, all settings
+    nice -n 10 .venv/bin/python bench/quality_vs_forwards.py --table         # the table from saved results
+    nice -n 10 .venv/bin/python bench/quality_vs_forwards.py --prompts 4 --settings baseline cache_0.1  # smoke
+
+A forward = one sample through the DiT's block stack (a CFG-batched step is two; a cached step none).
+Every row uses the demo evaluation's sampler (UniPC, 20 steps, CFG 4, shift 3) unless it changes it; a
+generation's seed is the prompt's index, as in eval_demo. Intervals: mean +- 1.96 standard errors over
+prompts; "vs baseline" is the paired difference on the same prompts (significant when its interval
+excludes 0). Results are saved after every setting (--out), so a stopped run keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from training import eval_demo  # noqa: E402
+
+DEMO = {"steps": 20, "cfg": 4.0, "shift": 3.0}
+# name -> SamplerConfig overrides on top of DEMO. (bench/_common is not imported: its malloc setting for
+# exact RSS peaks makes every allocation an mmap, which triples this run's time.)
+SETTINGS = {
+    "baseline": {},
+    "cache_0.05": {"cache_threshold": 0.05},
+    "cache_0.1": {"cache_threshold": 0.1},
+    "cache_0.15": {"cache_threshold": 0.15},
+    "cache_0.2": {"cache_threshold": 0.2},
+    "cfg_half_skip": {"cfg_end": 0.5, "cfg_outside": "skip"},
+    "cfg_half_reuse": {"cfg_end": 0.5, "cfg_outside": "reuse"},
+    "cache_0.1+cfg_half_reuse": {"cache_threshold": 0.1, "cfg_end": 0.5, "cfg_outside": "reuse"},
+    "steps_11": {"steps": 11},
+}
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "quality_vs_forwards.json"
+
+
+def run_setting(pipeline, scenes, overrides: dict, args) -> dict:
+    from layert2v_core.sampler import SamplerConfig
+
+    from training.eval_hook import generate_layers
+
+    scores, forwards, seconds = [], [], []
+    for i, (background, shapes) in enumerate(scenes):
+        prompt = eval_demo.scene_prompt(background, shapes)
+        config = SamplerConfig(**{**DEMO, **overrides, "seed": args.seed + i})
+        torch.manual_seed(args.seed + i)
+        start = time.perf_counter()
+        frames = generate_layers(pipeline, prompt, args.frames, args.height, args.width, config)
+        seconds.append(time.perf_counter() - start)
+        forwards.append(pipeline.last_sampling_stats.forwards)
+        k = len(shapes)
+        fgs, alphas = zip(*[tuple(x.float().numpy() for x in frames.foreground(j)) for j in range(1, k + 1)])
+        full, bg = frames.rgb["full"].float().numpy(), frames.rgb["background"].float().numpy()
+        scores.append(eval_demo.score_layers(full, bg, list(fgs), list(alphas), background, shapes))
+    return {"overrides": overrides, "forwards": forwards, "seconds": seconds, "scores": scores}
+
+
+def interval(values) -> tuple[float, float]:
+    values = np.asarray(values, dtype=np.float64)
+    half = 1.96 * values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return float(values.mean()), float(half)
+
+
+def markdown(results: dict) -> str:
+    metrics = eval_demo.METRICS
+    base = results["settings"].get("baseline")
+    head = "| setting | forwards / generation | fewer forwards | " + " | ".join(h for _, h, _ in metrics) + " |"
+    lines = [head, "|" + "---|" * (len(metrics) + 3)]
+    for name, row in results["settings"].items():
+        fwd = float(np.mean(row["forwards"]))
+        ratio = float(np.mean(base["forwards"])) / fwd if base and fwd else float("nan")
+        cells = []
+        for key, _, higher in metrics:
+            values = [s[key] for s in row["scores"]]
+            mean, half = interval(values)
+            digits = 3 if key == "consistency" else 2
+            cell = f"{mean:.{digits}f} ± {half:.{digits}f}"
+            if base and name != "baseline" and len(base["scores"]) == len(values):
+                diff, dhalf = interval(np.array(values) - np.array([s[key] for s in base["scores"]]))
+                if abs(diff) > dhalf:  # paired 95 % interval excludes 0
+                    better = (diff > 0) == higher
+                    cell += f" ({'+' if diff > 0 else '−'}{abs(diff):.{digits}f} {'better' if better else 'WORSE'})"
+            cells.append(cell)
+        lines.append(f"| {name} | {fwd:.1f} | {ratio:.2f}x | " + " | ".join(cells) + " |")
+    n = len(base["scores"]) if base else 0
+    lines.append(f"\n{n} {results['split']} prompts, K={results['foregrounds']}, "
+                 f"{results['size'][0]}x{results['size'][1]}x{results['size'][2]}, demo sampler {DEMO}; "
+                 "± = 95 % interval; (± d better/WORSE) = paired difference to baseline outside its 95 % interval.")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    from layert2v_core.demo_model import demo_model_paths
+
+    default = demo_model_paths(required=False)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dit", default=default.get("dit"))
+    parser.add_argument("--vae", default=default.get("vae"))
+    parser.add_argument("--adapter", default=default.get("adapter"))
+    parser.add_argument("--text-encoder", default=default.get("text_encoder"))
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--split", choices=sorted(eval_demo.SPLITS), default="held-out")
+    parser.add_argument("--foregrounds", type=int, default=1)
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--frames", type=int, default=17)
+    parser.add_argument("--height", type=int, default=64)
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=str(DEFAULT_OUT))
+    parser.add_argument("--table", action="store_true", help="print the table of the saved --out and stop")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.table:
+        print(markdown(json.loads(out.read_text())))
+        return
+    torch.set_num_threads(args.threads)
+    pipeline = eval_demo.load_pipeline(args)
+    scenes = eval_demo.SPLITS[args.split](args.seed, args.prompts, args.foregrounds)
+    results = {"split": args.split, "foregrounds": args.foregrounds, "size": [args.frames, args.height, args.width],
+               "command": "nice -n 10 .venv/bin/python " + " ".join(shlex.quote(a) for a in sys.argv),
+               "threads": args.threads, "settings": {}}
+    for name in args.settings:
+        start = time.perf_counter()
+        results["settings"][name] = run_setting(pipeline, scenes, SETTINGS[name], args)
+        print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results) + "\n")
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
