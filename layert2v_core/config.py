@@ -8,6 +8,10 @@ from dataclasses import asdict, dataclass, field, fields
 from .layout import ROUTING_PRESETS
 
 ROPE_MODES = ("continuous", "per_segment")
+# How cross-attention treats the zero rows that pad each prompt to text_len: vanilla Wan attends to
+# them ("attend"); the authors' layered cross-attention masks them ("mask"). It changes the output
+# by 2-7 %, so it is stored with the weights it was trained with.
+TEXT_PADDING_MODES = ("attend", "mask")
 
 # Every linear layer of the Wan blocks, as the authors' public code targets.
 DIT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2")
@@ -19,6 +23,7 @@ class LayerT2VConfig:
     routing: str = "paper"            # prompt visibility preset, see LayerLayout.visible_prompts
     rope_mode: str = "continuous"     # continuous over the serialized time axis (paper) or restarted per segment
     text_len: int = 512               # tokens per prompt after padding, as Wan's T5 encoding
+    text_padding: str = "attend"      # TEXT_PADDING_MODES: what cross-attention does with the padding rows
     dit_lora_rank: int = 128
     dit_lora_alpha: float = 128.0
     dit_lora_targets: tuple[str, ...] = DIT_LORA_TARGETS
@@ -33,6 +38,8 @@ class LayerT2VConfig:
             raise ValueError(f"routing={self.routing!r}: choose one of {ROUTING_PRESETS}")
         if self.rope_mode not in ROPE_MODES:
             raise ValueError(f"rope_mode={self.rope_mode!r}: choose one of {ROPE_MODES}")
+        if self.text_padding not in TEXT_PADDING_MODES:
+            raise ValueError(f"text_padding={self.text_padding!r}: choose one of {TEXT_PADDING_MODES}")
         self.dit_lora_targets = tuple(self.dit_lora_targets)
 
     @property
@@ -45,16 +52,19 @@ class LayerT2VConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LayerT2VConfig":
+    def from_dict(cls, d: dict, where: str = "LayerT2V config") -> "LayerT2VConfig":
+        """From data read out of a file: every field type- and bounds-checked first (header_schema)."""
+        from .weights.header_schema import check_layert2v_config
+
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(set(d) - known) if isinstance(d, dict) else []
         if unknown:
             raise ValueError(f"unknown LayerT2V config key(s) {unknown}; known keys: {sorted(known)}")
-        return cls(**d)
+        return cls(**check_layert2v_config(d, where))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "LayerT2VConfig":
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str, where: str = "LayerT2V config") -> "LayerT2VConfig":
+        return cls.from_dict(json.loads(text), where)

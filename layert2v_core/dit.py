@@ -166,7 +166,7 @@ class LayeredWanTransformer(nn.Module):
         modulation = modulation.view(batch, segments, 6, -1).float() + self.layer_adaln[:segments].float()
         text = text.view(batch, prompts, text_len, -1)
 
-        routes = self._routes(layout, context.device)
+        routes = self._routes(layout, context.device, self._prompt_lengths(context))
         if blocks is None:
             tokens = self._run_blocks(tokens, text, modulation, rotary, routes, segments)
         else:
@@ -190,15 +190,28 @@ class LayeredWanTransformer(nn.Module):
                 tokens = block(tokens, text, modulation, rotary, routes, segments)
         return tokens
 
+    def _prompt_lengths(self, context: torch.Tensor) -> tuple[list[list[int]], int] | None:
+        """((B, P) real-token counts, text_len) when padding is masked (config.text_padding), else None.
+        Encoders pad each prompt with zero rows after its last token, so the count is read off the context."""
+        if self.config.text_padding != "mask":
+            return None
+        real = context.detach().abs().amax(-1) > 0                                   # (B, P, n)
+        positions = torch.arange(1, real.shape[-1] + 1, device=context.device)
+        return (real * positions).amax(-1).clamp(min=1).tolist(), real.shape[-1]
+
     @staticmethod
-    def _routes(layout: LayerLayout, device) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
-        """Per routing group: (segment positions or None for all, prompt indices or None for all)."""
+    def _routes(layout: LayerLayout, device, lengths=None) -> list[tuple]:
+        """Per routing group: (segment positions or None for all, prompt indices or None for all), and
+        with masked padding a third entry: the real-token rows of the visible prompts (see _attend)."""
         names = layout.prompt_names
         routes = []
         for visible, group in layout.routing_groups():
             seg_idx = None if len(group) == layout.num_segments else torch.tensor([s.position for s in group], device=device)
             txt_idx = None if len(visible) == len(names) else torch.tensor([names.index(p) for p in visible], device=device)
-            routes.append((seg_idx, txt_idx))
+            if lengths is None:
+                routes.append((seg_idx, txt_idx))
+            else:
+                routes.append((seg_idx, txt_idx, _real_rows([names.index(p) for p in visible], *lengths, device)))
         return routes
 
     @staticmethod
@@ -242,11 +255,33 @@ def _routed_cross_attention(attn, queries, text, routes, segments):
         return attn(queries, text.flatten(1, 2), None, None)
     per_seg = queries.view(batch, segments, seq // segments, dim)
     out = torch.empty_like(per_seg)
-    for seg_idx, txt_idx in routes:
+    for seg_idx, txt_idx, *real_rows in routes:
         q = per_seg if seg_idx is None else per_seg.index_select(1, seg_idx)
         ctx = text if txt_idx is None else text.index_select(1, txt_idx)
-        res = attn(q.flatten(1, 2), ctx.flatten(1, 2), None, None).view_as(q)
+        res = _attend(attn, q.flatten(1, 2), ctx.flatten(1, 2), real_rows[0] if real_rows else None).view_as(q)
         if seg_idx is None:
             return res.flatten(1, 2)
         out = out.index_copy(1, seg_idx, res)
     return out.flatten(1, 2)
+
+
+def _real_rows(slots: list[int], lengths: list[list[int]], text_len: int, device):
+    """Rows of the visible prompts' flattened (len(slots) * text_len) context that hold real tokens:
+    one index tensor when every batch element has the same prompt lengths, else one per element."""
+    def rows(per_slot):
+        return torch.cat([j * text_len + torch.arange(per_slot[p], device=device) for j, p in enumerate(slots)])
+
+    if all(row == lengths[0] for row in lengths):
+        return rows(lengths[0])
+    return [rows(row) for row in lengths]
+
+
+def _attend(attn, queries, ctx, real_rows):
+    """Cross-attention to the real tokens only ("mask padding"): the padding rows are cut out rather than
+    masked, so no attention mask reaches the kernel and flash/SDPA backends stay usable."""
+    if real_rows is None:
+        return attn(queries, ctx, None, None)
+    if torch.is_tensor(real_rows):
+        return attn(queries, ctx.index_select(1, real_rows), None, None)
+    return torch.cat([attn(queries[b:b + 1], ctx[b:b + 1].index_select(1, rows), None, None)
+                      for b, rows in enumerate(real_rows)])

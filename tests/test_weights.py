@@ -14,7 +14,6 @@ from layert2v_core.weights.layert2v_adapter import (
     load_layert2v_adapter,
     save_layert2v_adapter,
 )
-from layert2v_core.weights.authors_folder import import_authors_checkpoint
 from layert2v_core.config import LayerT2VConfig
 from layert2v_core.dit import LayeredWanTransformer
 from layert2v_core.mask_vae import MaskVAE
@@ -251,78 +250,6 @@ def test_mask_part_missing_is_reported_when_asked_for(tmp_path):
     adapter = load_layert2v_adapter(save_layert2v_adapter(tmp_path / "a", dit))
     with pytest.raises(WeightsError, match="no mask-VAE adapter"):
         adapter.apply(fresh_like(adapter.config)[0], mask_vae)
-
-
-# ---- the authors' checkpoint layout -------------------------------------------------------------------
-def authors_names(dit_state: dict) -> dict:
-    """Our adapter tensors renamed the way we ASSUME the authors' PEFT folder names them."""
-    out = {}
-    for key, tensor in dit_state.items():
-        if key == "layer_adaln":
-            out["base_model.model.layer_adaln.weight"] = tensor
-        else:
-            path, role = key[len("lora."):].rsplit(".", 2)[:2]
-            out[f"base_model.model.{dit_key_to_original(path + '.weight')[:-len('.weight')]}.{role}.weight"] = tensor
-    return out
-
-
-def write_authors_checkpoint(folder, dit, mask_vae, ema_dit=None, mask_config=None):
-    folder.mkdir()
-    save_file(authors_names(dit.adapter_state_dict()), str(folder / "adapter_model.safetensors"))
-    (folder / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q", "k", "v", "o", "ffn.0", "ffn.2"],
-         "modules_to_save": ["layer_adaln"]}))
-    if ema_dit is not None:
-        (folder / "ema").mkdir()
-        ema = {"state_dict": authors_names(ema_dit.adapter_state_dict()), "step": 100}
-        torch.save(ema, folder / "ema" / "ema_model.pt")
-    mask_state = mask_vae.mask_adapter_state_dict()
-    decoder_lora = {}
-    for key, tensor in mask_state.items():
-        if key.startswith("decoder."):
-            path, role = key.rsplit(".", 2)[:2]
-            original = vae_key_to_original(path + ".weight")[:-len(".weight")]
-            decoder_lora[f"{original}.{'lora_down' if role == 'lora_A' else 'lora_up'}.weight"] = tensor
-    torch.save({"project_in": {"weight": mask_state["head.weight"][:, :, 0, 0, 0], "bias": mask_state["head.bias"]},
-                "decoder_lora": decoder_lora, "config": mask_config or {"rank": 2, "alpha": 2.0}},
-               folder / "mask_vae_lora.pt")
-
-
-def test_authors_checkpoint_imports_into_our_models(tmp_path):
-    dit, mask_vae = make_trained(seed=1, narrow_vae=True)
-    ema_dit, _ = make_trained(seed=9)
-    write_authors_checkpoint(tmp_path / "ckpt", dit, mask_vae, ema_dit=ema_dit)
-
-    adapter = load_checkpoint(tmp_path / "ckpt", use_ema=True)  # detected
-    c = adapter.config
-    assert (c.max_foregrounds, c.routing, c.dit_lora_rank, c.dit_lora_alpha) == (1, "official", 4, 8.0)
-    assert (c.mask_vae_lora_rank, c.mask_vae_lora_alpha, c.extra["weights"]) == (2, 2.0, "ema")
-    assert set(c.dit_lora_targets) == {f"attn{i}.{m}" for i in (1, 2) for m in ("to_q", "to_k", "to_v", "to_out.0")} | {
-        "ffn.net.0.proj", "ffn.net.2"}
-
-    new_dit, new_mask = fresh_like(c, narrow_vae=True)
-    adapter.apply(new_dit, new_mask)
-    assert_same_tensors(new_dit.adapter_state_dict(), ema_dit.adapter_state_dict())
-    assert_same_tensors(new_mask.mask_adapter_state_dict(), mask_vae.mask_adapter_state_dict())
-
-    no_ema = import_authors_checkpoint(tmp_path / "ckpt", use_ema=False)
-    assert_same_tensors(no_ema.dit_state, dit.adapter_state_dict())
-
-
-def test_authors_checkpoint_with_unsafe_pickle_is_refused(tmp_path):
-    dit, mask_vae = make_trained(seed=1, narrow_vae=True)
-    write_authors_checkpoint(tmp_path / "ckpt", dit, mask_vae, mask_config=argparse.Namespace(rank=2))
-    with pytest.raises(UnsafePickleError, match=r"mask_vae_lora.pt.*argparse.Namespace"):
-        load_checkpoint(tmp_path / "ckpt")
-
-
-def test_authors_checkpoint_with_wrong_rank_is_refused(tmp_path):
-    dit, mask_vae = make_trained(seed=1, narrow_vae=True)
-    write_authors_checkpoint(tmp_path / "ckpt", dit, mask_vae)
-    config = json.loads((tmp_path / "ckpt" / "adapter_config.json").read_text())
-    (tmp_path / "ckpt" / "adapter_config.json").write_text(json.dumps({**config, "r": 196}))
-    with pytest.raises(WeightsError, match=r"rank\(s\) \[4\] but adapter_config.json says r=196"):
-        load_checkpoint(tmp_path / "ckpt")
 
 
 def test_adapter_for_another_lora_setup_is_refused(tmp_path):

@@ -24,6 +24,7 @@ import torch
 
 from ..config import LayerT2VConfig
 from ..dit import LAYER_ADALN_KEY
+from .header_schema import SchemaError
 from .files import (
     WeightsError,
     atomic_save_safetensors,
@@ -48,18 +49,87 @@ class LayerT2VAdapter:
     source: str = ""
 
     def apply(self, dit, mask_vae=None) -> None:
-        """Load into a LayeredWanTransformer (built with `self.config`) and optionally a MaskVAE."""
+        """Load into a LayeredWanTransformer (built with `self.config`) and optionally a MaskVAE.
+        Every tensor must find its place and every place its tensor: a partial adapter is refused."""
         _check_same_lora(dit.config, self.config, self.source)
+        if any(k.startswith("lora.") for k in self.dit_state):
+            if not dit.has_lora:
+                dit.add_lora()
+            check_tensor_set(_shapes(dit.adapter_state_dict()), self.dit_state, self.source, "DiT adapter",
+                             _dit_mismatch_cause)
         dit.load_adapter_state_dict(self.dit_state)
         if mask_vae is not None:
             self.apply_mask(mask_vae)
 
     def apply_mask(self, mask_vae) -> None:
-        """Load the head + decoder LoRA into a MaskVAE built with `self.config`."""
+        """Load the head + decoder LoRA (+ the post-quant conv's LoRA when the adapter has one)."""
         if not self.mask_state:
             raise WeightsError(f"{self.source!r} has no mask-VAE adapter (head + decoder LoRA) to load")
         _check_mask_lora(mask_vae, self.config, self.source)
-        mask_vae.load_mask_adapter_state_dict(self.mask_state)
+        state = dict(self.mask_state)
+        post_quant = {k[len(POST_QUANT_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(POST_QUANT_PREFIX)}
+        check_tensor_set(_shapes(mask_vae.mask_adapter_state_dict()), state, self.source, "mask-VAE adapter",
+                         lambda expected, found: "it was trained for another VAE (other widths or block counts)")
+        mask_vae.load_mask_adapter_state_dict(state)
+        if post_quant:
+            _merge_post_quant_lora(mask_vae, post_quant, self.source)
+
+
+# The authors also put a LoRA on the mask decoder's post-quant conv (their `conv2`). MaskVAE decodes with
+# its own copy of that 1x1x1 conv (decoder_vae), so the LoRA is merged into the copy's weight (exact for
+# a 1x1x1 conv) and the RGB VAE is untouched. It is not part of MaskVAE.mask_adapter_state_dict().
+POST_QUANT_PREFIX = "post_quant_conv."
+
+
+def _merge_post_quant_lora(mask_vae, state: dict, where: str) -> None:
+    conv = mask_vae.decoder_vae.post_quant_conv
+    out_ch, in_ch = conv.weight.shape[:2]
+    rank = mask_vae.lora_rank
+    expected = {"lora_A.weight": (rank, in_ch, 1, 1, 1), "lora_B.weight": (out_ch, rank, 1, 1, 1)}
+    check_tensor_set(expected, state, where, "mask-VAE post-quant LoRA",
+                     lambda expected, found: "it was trained for a VAE with another latent width or LoRA rank")
+    delta = state["lora_B.weight"].flatten(1).double() @ state["lora_A.weight"].flatten(1).double()
+    with torch.no_grad():
+        conv.weight += (delta * (mask_vae.lora_alpha / rank)).view_as(conv.weight).to(conv.weight)
+
+
+def _shapes(state: dict) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def check_tensor_set(expected: dict[str, tuple], found: dict[str, torch.Tensor], where: str, what: str,
+                     cause) -> None:
+    """One line with counts of missing / unexpected / other-shape tensors and the likely cause."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = [f"{k} {tuple(found[k].shape)} vs model {expected[k]}"
+             for k in expected if k in found and tuple(found[k].shape) != tuple(expected[k])]
+    if not (missing or unexpected or wrong):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} of the model's {len(expected)} tensors missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if wrong:
+        parts.append(f"{len(wrong)} of another shape (e.g. {wrong[0]})")
+    raise WeightsError(f"{where!r}: the {what} does not fit this model: {', '.join(parts)}; "
+                       f"{cause(expected, found)}")
+
+
+def _dit_mismatch_cause(expected: dict, found: dict) -> str:
+    def blocks(keys):
+        return {int(k.split(".")[2]) for k in keys if k.startswith("lora.blocks.")}
+
+    theirs, ours = blocks(found), blocks(expected)
+    if theirs and ours and max(theirs) != max(ours):
+        return (f"the adapter covers {max(theirs) + 1} blocks and this DiT has {max(ours) + 1}: "
+                f"it was trained for another base model (or saved incompletely)")
+    ranks = {v.shape[0] for k, v in found.items() if k.endswith("lora_A.weight")}
+    model_ranks = {s[0] for k, s in expected.items() if k.endswith("lora_A.weight")}
+    if ranks and model_ranks and ranks != model_ranks:
+        return f"LoRA rank {sorted(ranks)} in the file vs {sorted(model_ranks)} in the config"
+    return "it was trained for a DiT of another width or with other LoRA target modules"
 
 
 def _check_same_lora(model_config: LayerT2VConfig, config: LayerT2VConfig, where: str) -> None:
@@ -182,7 +252,9 @@ def _load_folder(folder: Path) -> LayerT2VAdapter:
 
 def _parse_config(text: str, where: str) -> LayerT2VConfig:
     try:
-        return LayerT2VConfig.from_json(text)
+        return LayerT2VConfig.from_json(text, where)
+    except SchemaError:
+        raise
     except json.JSONDecodeError as err:
         raise WeightsError(f"{where} is not valid JSON: {err}") from None
     except (TypeError, ValueError) as err:

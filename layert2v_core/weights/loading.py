@@ -15,6 +15,7 @@ from ..mask_vae import MaskVAE
 from ..text import TextEncoder
 from ..vae_io import denormalize_latent, normalize_latent
 from .checkpoint import load_checkpoint
+from .header_schema import check_latent_stats
 from .wan_single_file import load_wan_transformer, load_wan_vae
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -41,9 +42,10 @@ class LayerVAE:
 
 
 def load_layered_dit(dit_path: str | Path, adapter_path: Optional[str | Path] = None, dtype: str = "bf16",
-                     device: str = "cpu") -> LayeredWanTransformer:
-    """Wan2.1 DiT file + LayerT2V adapter -> LayeredWanTransformer (eval mode)."""
-    adapter = load_checkpoint(adapter_path) if adapter_path else None
+                     device: str = "cpu", use_ema: bool = False) -> LayeredWanTransformer:
+    """Wan2.1 DiT file + LayerT2V adapter -> LayeredWanTransformer (eval mode). use_ema: the EMA
+    weights of an authors' checkpoint folder instead of its adapter weights."""
+    adapter = load_checkpoint(adapter_path, use_ema=use_ema) if adapter_path else None
     if adapter is None:
         warnings.warn("no LayerT2V adapter given: the DiT runs with zero LayerAdaLN and no LoRA (untrained layers)")
     base = load_wan_transformer(dit_path, dtype=parse_dtype(dtype), device=device)
@@ -89,6 +91,7 @@ class LayerT2VModel:
         if None in stats:  # Wan2.1's own VAE statistics, from the shipped config
             vae_config = shipped_config("vae")
             stats = vae_config["latents_mean"], vae_config["latents_std"]
+        check_latent_stats(*stats, where=name or "LayerT2V model", channels=dit.base.config.in_channels)
         return cls(dit=dit, latents_mean=list(stats[0]), latents_std=list(stats[1]), name=name)
 
     def to_raw(self, latent: torch.Tensor) -> torch.Tensor:
