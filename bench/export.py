@@ -5,6 +5,8 @@
 - ProRes 4444 + alpha: our PyAV writer vs the `ffmpeg` CLI fed the same frames as raw rgba64le
   through a pipe (same profile, pixel format, BT.709 matrix and tags). Both start from the same
   float arrays; the pipe side converts and streams frame by frame while ffmpeg encodes.
+- Multi-layer EXR (one float file per frame, background + foreground groups, OpenEXR bindings)
+  vs the same two layers as two per-layer float EXR sequences (FFmpeg's exr encoder).
 - 16-bit PNG sequence: ours vs Pillow's default `Image.save(..., "PNG")`. Pillow has no 16-bit
   RGBA mode, so its default is an 8-bit RGBA file; our 8-bit writer is listed for a like-for-like.
 
@@ -29,7 +31,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from layert2v_core.export import to_straight, write_png_sequence, write_prores  # noqa: E402
+from layert2v_core.export import (to_straight, write_exr_sequence,  # noqa: E402
+                                  write_multilayer_exr_sequence, write_png_sequence, write_prores)
 from layert2v_core.export.synthetic import soft_rgba_clip  # noqa: E402
 
 FPS = 16
@@ -107,10 +110,17 @@ def main() -> None:
                                                              alpha_mode="straight", bit_depth=8,
                                                              sidecar=False),
         "png8 seq: Pillow default": lambda d: pillow_png_sequence(d / "pil", premult, alpha),
+        "exr float: multi-layer (2 grp)": lambda d: write_multilayer_exr_sequence(
+            d / "ml", {"background": clip.background, "foreground_1": premult},
+            {"foreground_1": alpha}, sidecar=False),
+        "exr float: 2 per-layer seqs": lambda d: [
+            write_exr_sequence(d / "pl" / "bg", clip.background, precision="float", sidecar=False),
+            write_exr_sequence(d / "pl" / "fg", premult, alpha, precision="float", sidecar=False)],
     }
     outputs = {"prores4444: ours (PyAV)": "o.mov", "prores4444: ffmpeg CLI pipe": "f.mov",
                "png16 seq: ours (PyAV)": "p16", "png8 seq: ours (PyAV)": "p8",
-               "png8 seq: Pillow default": "pil"}
+               "png8 seq: Pillow default": "pil", "exr float: multi-layer (2 grp)": "ml",
+               "exr float: 2 per-layer seqs": "pl"}
     times = {k: [] for k in contenders}
     cpu = {k: [] for k in contenders}
     sizes, prep = {}, []
@@ -146,6 +156,8 @@ def main() -> None:
     print(f"ratio png16 ours / Pillow png8 default: "
           f"{ratio('png16 seq: ours (PyAV)', 'png8 seq: Pillow default'):.2f}; png8 ours / Pillow "
           f"png8: {ratio('png8 seq: ours (PyAV)', 'png8 seq: Pillow default'):.2f}")
+    print(f"ratio exr multi-layer / per-layer sequences: "
+          f"{ratio('exr float: multi-layer (2 grp)', 'exr float: 2 per-layer seqs'):.2f}")
 
 
 if __name__ == "__main__":
