@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 
 import numpy as np
 import pytest
 
+from compositors import (FFMPEG, FFPROBE, OIIOTOOL, needs_ffmpeg, needs_oiio, srgb_decode,
+                         srgb_encode)
 from layert2v_core.export import (composite_over, write_exr_sequence, write_h264_preview,
                                   write_png_sequence, write_prores, write_webm)
 from layert2v_core.export.synthetic import soft_rgba_clip
 
-FFMPEG, FFPROBE, OIIOTOOL = (shutil.which(b) for b in ("ffmpeg", "ffprobe", "oiiotool"))
-needs_ffmpeg = pytest.mark.skipif(not (FFMPEG and FFPROBE), reason="ffmpeg/ffprobe not installed")
-needs_oiio = pytest.mark.skipif(not OIIOTOOL, reason="oiiotool (openimageio-tools) not installed")
 
 F, H, W, FPS = 9, 48, 64, 16
 
@@ -31,16 +29,8 @@ def clip():
     return soft_rgba_clip(F, H, W, seed=1, grain=0.005)
 
 
-# ---------------------------------------------------------------- reference maths (independent)
-
-def ref_srgb_to_linear(x):
-    x = np.asarray(x, np.float64)
-    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
-
-
-def ref_linear_to_srgb(x):
-    x = np.clip(np.asarray(x, np.float64), 0, None)
-    return np.where(x <= 0.0031308, x * 12.92, 1.055 * x ** (1 / 2.4) - 0.055)
+# The reference maths (sRGB curve) is written out independently in tests/compositors.
+ref_srgb_to_linear, ref_linear_to_srgb = srgb_decode, srgb_encode
 
 
 def report(fmt, rgb_err, alpha_err=None, mean_err=None):
