@@ -167,3 +167,15 @@ def test_atomic_output_hides_partial_files(tmp_path):
     with atomic_output(tmp_path / "frames", is_dir=True) as t:
         (t.tmp / "a").write_bytes(b"x")
     assert t.path.name == "frames_00001_"
+
+
+def test_blender_comp_only_over_a_background_and_multilayer_sidecar(tmp_path, two_fg):
+    layers, alphas = two_fg
+    no_bg = {k: v for k, v in layers.items() if k != "background"}
+    ls = write_layer_set(tmp_path, no_bg, alphas, fps=8, formats=["exr_multilayer"])
+    assert ls.manifest["comp"]["blender"] is None and not (ls.path / "blender_comp.py").exists()
+    side = json.loads((ls.path / "exr_multilayer" / "sequence.json").read_text())
+    assert side["channels"]["foreground_2"] == [f"foreground_2.{c}" for c in "RGBA"]
+    assert (side["alpha_mode"], side["transfer"], side["pattern"]) == (
+        "premultiplied", "linear", "layers.%05d.exr")
+    assert side["composite"]["space"] == "srgb_encoded"

@@ -112,7 +112,8 @@ def write_layer_set(
                     outputs[name].append(_one_layer_of(entry, name, name in alpha))
             else:
                 outputs[layer].append(entry)
-        comp = blender_comp_script(outputs, order, width, height, frames, rate)
+        comp = (blender_comp_script(outputs, order, width, height, frames, rate)
+                if order[:1] == [BACKGROUND] else None)  # the comp stacks over an opaque layer
         if comp is not None:
             write_bytes_atomic(target.tmp / COMP_NAME, comp.encode())
         manifest = _manifest(rgb, alpha, rate, order, outputs, previews, prompts, seed, metadata,
