@@ -297,3 +297,26 @@ def test_blender_comp_teeth_straight_prores_without_convert_premultiplied_halos(
     bias = (got[..., :3] - scene["full"])[soft].mean()
     print(f"\n[Blender, straight ProRes read as premultiplied] edge bias {bias:+.3f}")
     assert bias > 0.05
+
+
+@needs_blender
+@pytest.mark.parametrize("alpha_mode", ["straight", "premultiplied"])
+def test_blender_sequencer_prores(tmp_path, scene, alpha_mode):
+    """The README's sequencer recipe: ProRes strips, Blend "Alpha Over", strip Alpha Mode set.
+
+    Straight sets composite right. Blender 3.4's sequencer takes movies as straight whatever the
+    strip's Alpha Mode says, so a premultiplied set fringes dark there: the README says so."""
+    ls = write_layer_set(tmp_path, scene["layers"], scene["alphas"], fps=FPS, formats=["prores"],
+                         alpha_mode=alpha_mode)
+    script = Path(__file__).parent / "compositors" / "blender_sequencer.py"
+    run(["blender", "-b", "--factory-startup", "--python", str(script), "--", str(ls.path),
+         str(tmp_path / "render"), alpha_mode], timeout=180)
+    got = read_pngs(tmp_path / "render", "seq.%05d.png", F, 1)
+    if alpha_mode == "straight":
+        judge("Blender sequencer, straight ProRes", got, scene["full"], scene["soft"],
+              max_tol=0.05, edge_tol=4e-3)
+    else:
+        soft = (scene["soft"] > 0.02) & (scene["soft"] < 0.98)
+        bias = (got[..., :3] - scene["full"])[soft].mean()
+        print(f"\n[Blender sequencer, premultiplied ProRes] edge bias {bias:+.3f} (known limitation)")
+        assert bias < -0.05, "Blender now reads premultiplied movies right: update the README"
