@@ -320,3 +320,16 @@ def test_blender_sequencer_prores(tmp_path, scene, alpha_mode):
         bias = (got[..., :3] - scene["full"])[soft].mean()
         print(f"\n[Blender sequencer, premultiplied ProRes] edge bias {bias:+.3f} (known limitation)")
         assert bias < -0.05, "Blender now reads premultiplied movies right: update the README"
+
+
+@needs_ffmpeg
+def test_premultiplied_set_keeps_webm_straight(tmp_path, scene):
+    """WebM is straight only (browsers and FFmpeg read it so): a premultiplied set writes its
+    WebM straight, says so, and the README recipe composites it."""
+    ls = write_layer_set(tmp_path, scene["layers"], scene["alphas"], fps=FPS,
+                         formats=["png16", "webm", "prores"], alpha_mode="premultiplied")
+    assert ls.output("foreground_1", "webm_vp9")["alpha_mode"] == "straight"
+    assert ls.output("foreground_1", "prores_4444")["alpha_mode"] == "premultiplied"
+    run(RECIPES["ffmpeg_webm"], cwd=ls.path)
+    judge("ffmpeg libvpx-vp9 WebM of a premultiplied set", read_pngs(ls.path, "comp_webm.%05d.png", F),
+          scene["full"], scene["soft"], max_tol=0.12, edge_tol=1.5e-2)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from layert2v_core.export import (composite_over, to_premultiplied, to_straight, write_exr_sequence,
-                                  write_layer_set, write_png_sequence, write_prores)
+                                  write_layer_set, write_png_sequence, write_prores, write_webm)
 from layert2v_core.export.color import linear_to_srgb, rgb_to_ycbcr, srgb_to_linear
 from layert2v_core.export.conventions import DEFAULT_EPS, file_rgb, model_rgb
 from layert2v_core.export.synthetic import soft_rgba_clip
@@ -102,6 +102,8 @@ def test_fps_is_exact():
     (lambda d, c: write_png_sequence(d / "p", c.premultiplied, bit_depth=12), r"bit_depth"),
     (lambda d, c: write_png_sequence(d / "p", c.premultiplied, c.alpha, alpha_mode="premultiplied"),
      r"alpha_mode must be 'straight' for PNG \(the PNG specification"),
+    (lambda d, c: write_webm(d / "w.webm", c.premultiplied, c.alpha, fps=8, alpha_mode="premultiplied"),
+     r"alpha_mode must be 'straight' for WebM"),
     (lambda d, c: write_png_sequence(d / "p", c.full, prefix="a/b"), r"prefix must be"),
     (lambda d, c: write_png_sequence(d / "p", c.full, first_frame=-1), r"first_frame must be"),
     (lambda d, c: write_exr_sequence(d / "e", c.premultiplied, c.alpha, alpha_mode="straight"),

@@ -66,9 +66,9 @@ def write_layer_set(
     `layers` maps layer names ("full", "background", "foreground_1", ...) to (F, H, W, 3) RGB;
     `alphas` maps the names of layers that have alpha to (F, H, W). Foreground RGB is in the
     model's convention, premultiplied. Foregrounds are composited in the order they appear in
-    `layers`, first lowest, over "background". `alpha_mode` is what ProRes and WebM files store;
-    PNG files are always straight and EXR files always premultiplied, as their specifications
-    define (each output records its mode). `progress(done, total)` counts frames written over
+    `layers`, first lowest, over "background". `alpha_mode` is what ProRes files store; PNG and
+    WebM files are always straight and EXR files always premultiplied, as their specifications and
+    readers define (each output records its mode). `progress(done, total)` counts frames written over
     all outputs; an exception raised from it cancels the write and leaves no output behind.
     """
     rgb, alpha = _check_layers(layers, alphas)
@@ -150,7 +150,8 @@ def _plan(rgb, alpha, formats, rate, alpha_mode, exr_transfer, order):
                 write = partial(write_prores, rgb=pixels, alpha=a, fps=rate, alpha_mode=mode)
                 jobs.append((layer, f"prores/{layer}.mov", write))
             elif fmt == "webm":
-                write = partial(write_webm, rgb=pixels, alpha=a, fps=rate, alpha_mode=mode)
+                write = partial(write_webm, rgb=pixels, alpha=a, fps=rate,  # straight only
+                                alpha_mode=STRAIGHT if a is not None else None)
                 jobs.append((layer, f"webm/{layer}.webm", write))
             elif fmt == "h264" and a is None:  # previews are opaque; foregrounds show in the recomposite
                 write = partial(write_h264_preview, rgb=pixels, fps=rate)

@@ -7,10 +7,10 @@ would otherwise decode them with the BT.709 curve and darken the picture. Primar
 are BT.709 (sRGB shares the primaries). Tags go on the stream and on every frame: prores_ks copies
 the frame tags into its frame headers, which is what ffprobe and editors read.
 Alpha planes are full range. FFmpeg treats every alpha pixel format as straight alpha, and so do
-browsers for VP9, hence `alpha_mode="straight"` is the interoperable choice for these files;
-"premultiplied" stores sRGB-encoded colour x alpha (the model's own fg), for readers told so
-(ffmpeg `overlay=alpha=premultiplied`, Blender's compositor, which takes every movie as
-premultiplied).
+browsers for VP9, hence `alpha_mode="straight"` is the interoperable choice; WebM accepts only
+that. ProRes also takes "premultiplied": sRGB-encoded colour x alpha (the model's own fg), for
+readers told so (ffmpeg `overlay=alpha=premultiplied`, Blender's compositor, which takes every
+movie as premultiplied).
 
 WebM (Matroska) counts time in whole milliseconds. Frame i is stamped floor(i * 1000 / fps) ms,
 never after its exact time i / fps, so a reader sampling at frame times (ffmpeg's overlay, an
@@ -30,7 +30,7 @@ import numpy as np
 
 from .atomic import atomic_output
 from .color import quantize_full, quantize_ycbcr
-from .conventions import SRGB, file_rgb
+from .conventions import PREMULTIPLIED, SRGB, file_rgb
 from .records import SIDECAR_SUFFIX, WrittenOutput, write_sidecar
 from .validate import as_alpha_frames, as_rgb_frames, check_alpha_args, check_fps, check_progress
 
@@ -74,7 +74,14 @@ def write_prores(path, rgb, alpha=None, *, fps, alpha_mode=None, progress=None, 
 
 
 def write_webm(path, rgb, alpha=None, *, fps, alpha_mode=None, progress=None, sidecar=True):
-    """VP9 in WebM, with an alpha channel when `alpha` is given (decode with libvpx to keep it)."""
+    """VP9 in WebM, with an alpha channel when `alpha` is given (decode with libvpx to keep it).
+
+    Straight alpha only: browsers and FFmpeg composite VP9 alpha as straight, and premultiplied
+    colour through 4:2:0 chroma measured 0.18 max error against 0.10 for straight.
+    """
+    if alpha is not None and alpha_mode == PREMULTIPLIED:
+        raise ValueError("alpha_mode must be 'straight' for WebM (browsers and FFmpeg read VP9 alpha "
+                         "as straight); use ProRes or EXR for premultiplied layers")
     spec = WEBM_VP9 if alpha is None else WEBM_VP9_ALPHA
     return _write_movie(spec, path, rgb, alpha, fps, alpha_mode, progress, sidecar)
 
