@@ -262,3 +262,103 @@ def test_adapter_for_another_lora_setup_is_refused(tmp_path):
         adapter.apply(other_dit)
     with pytest.raises(WeightsError, match=r"mask-VAE LoRA rank/alpha \(2, 2.0\) but the MaskVAE has \(2, 4.0\)"):
         adapter.apply(fresh_like(adapter.config)[0], other_mask)
+
+
+# ---- header schema: configs read from files are bounded before anything is built -------------------
+from layert2v_core.weights.header_schema import SchemaError  # noqa: E402
+
+
+def tiny_dit_file_with_config(path, **config_changes):
+    model = build_tiny_transformer()
+    config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
+    config.update(config_changes)
+    save_file({dit_key_to_original(k): v for k, v in model.state_dict().items()}, str(path),
+              metadata={"diffusers_config": json.dumps(config)})
+    return path
+
+
+@pytest.mark.parametrize("value, expected", [
+    (10_000_000, r"num_layers = 10000000 is not valid: expected an integer in \[1, 256\]"),
+    ("abc", r"num_layers = 'abc' is not valid"),
+    (-3, r"num_layers = -3 is not valid"),
+    (2.0, r"num_layers = 2.0 is not valid"),
+    (True, r"num_layers = True is not valid"),
+])
+def test_dit_header_with_absurd_config_is_refused_at_once(tmp_path, value, expected):
+    import time
+
+    path = tiny_dit_file_with_config(tmp_path / "dit.safetensors", num_layers=value)
+    start = time.perf_counter()
+    with pytest.raises(SchemaError, match=r"dit.safetensors': DiT config " + expected) as err:
+        load_wan_transformer(path, dtype=torch.float32)
+    assert time.perf_counter() - start < 1.0
+    assert "\n" not in str(err.value)
+
+
+def test_in_bounds_fields_that_multiply_into_an_impossible_model_are_refused(tmp_path):
+    path = tiny_dit_file_with_config(tmp_path / "dit.safetensors", num_layers=256, num_attention_heads=256,
+                                     attention_head_dim=1024)
+    with pytest.raises(SchemaError, match=r"about \d+B parameters, more than any Wan model"):
+        load_wan_transformer(path, dtype=torch.float32)
+
+
+def test_vae_header_with_bad_latent_statistics_is_refused(tmp_path):
+    source = build_tiny_vae(seed=5, narrow_wan21=True)
+    state = {vae_key_to_original(k): v for k, v in source.state_dict().items()}
+    config = {k: v for k, v in dict(source.config).items() if not k.startswith("_")}
+    for change, expected in [({"latents_mean": [0.0, 0.1, 0.2]}, r"latents_mean has 3 values; z_dim=16 needs 16"),
+                             ({"latents_std": [0.0] * 16}, r"latents_std = \[0.0, .* expected a list of 1..64 number > 0s"),
+                             ({"z_dim": "16"}, r"z_dim = '16' is not valid")]:
+        save_file(state, str(tmp_path / "vae.safetensors"), metadata={"diffusers_config": json.dumps({**config, **change})})
+        with pytest.raises(SchemaError, match=expected):
+            load_wan_vae(tmp_path / "vae.safetensors")
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"text_len": 0}, r"text_len = 0 is not valid: expected an integer in \[1, 4096\]"),
+    ({"text_len": -5}, r"text_len = -5 is not valid"),
+    ({"text_len": "abc"}, r"text_len = 'abc' is not valid"),
+    ({"dit_lora_rank": "32"}, r"dit_lora_rank = '32' is not valid"),
+    ({"max_foregrounds": 10_000_000}, r"max_foregrounds = 10000000 is not valid"),
+    ({"text_padding": "sometimes"}, r"text_padding = 'sometimes' is not valid: expected one of 'attend', 'mask'"),
+    ({"extra": {"latents_mean": [0.0] * 3, "latents_std": [1.0] * 16}}, r"latents_mean has 3 values and latents_std 16"),
+    ({"extra": {"latents_mean": [0.0] * 16, "latents_std": [0.0] * 16}}, r"latents_std = \[0.0"),
+])
+def test_adapter_config_out_of_bounds_is_one_line(tmp_path, change, expected):
+    dit, _ = make_trained(seed=1)
+    path = save_layert2v_adapter(tmp_path / "adapter.safetensors", dit)
+    tensors = {k: v for k, v in load_safetensors_file(path).items()}
+    config = {**dit.config.to_dict(), **change}
+    save_file(tensors, str(path), metadata={"format": "layert2v-adapter", "layert2v_config": json.dumps(config)})
+    with pytest.raises(SchemaError, match=expected) as err:
+        load_layert2v_adapter(path)
+    assert "adapter.safetensors" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_latent_statistics_must_match_the_model_channels(tmp_path):
+    from layert2v_core.weights.loading import LayerT2VModel
+
+    dit, _ = make_trained(seed=1)
+    dit.config.extra = {"latents_mean": [0.0] * 3, "latents_std": [1.0] * 3}
+    with pytest.raises(SchemaError, match=r"latent has 16 channels, so both need 16"):
+        LayerT2VModel.from_dit(dit, name="my adapter")
+
+
+def test_adapter_tensors_of_the_wrong_shape_are_one_line_naming_the_file(tmp_path):
+    dit, _ = make_trained(seed=1)
+    folder = save_layert2v_adapter(tmp_path / "adapter", dit)
+    state = load_safetensors_file(folder / DIT_FILE)
+    key = next(k for k in state if k.endswith("attn1.to_q.lora_A.weight"))
+    state[key] = torch.zeros(4, 7)
+    save_file(state, str(folder / DIT_FILE))
+    adapter = load_layert2v_adapter(folder)
+    with pytest.raises(WeightsError, match=r"adapter': the DiT adapter does not fit this model: 1 of another shape "
+                                           r"\(e.g. .*to_q.lora_A.weight \(4, 7\) vs model \(4, 32\)\)") as err:
+        adapter.apply(fresh_like(adapter.config)[0])
+    assert "\n" not in str(err.value)
+
+
+def load_safetensors_file(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))

@@ -76,6 +76,39 @@ def read_safetensors_index(path: str | Path) -> TensorIndex:
     return TensorIndex(path=path, shapes=shapes, dtypes=dtypes, metadata=metadata)
 
 
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+
+
+def read_safetensors_tensors(path: str | Path):
+    """Yield (name, tensor) one at a time with plain reads (no memory map): a caller that converts
+    and keeps each tensor holds the file's data only once. The header was validated by
+    read_safetensors_index; a short read still fails with the file named."""
+    import json
+    import struct
+
+    path = Path(path)
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+        start = 8 + header_len
+        entries = sorted(((k, v) for k, v in header.items() if k != "__metadata__"), key=lambda kv: kv[1]["data_offsets"][0])
+        for key, info in entries:
+            begin, end = info["data_offsets"]
+            f.seek(start + begin)
+            buffer = bytearray(end - begin)
+            if f.readinto(buffer) != len(buffer):
+                raise CorruptWeightsError(f"{str(path)!r} ends inside tensor {key!r}: it is truncated, download it again")
+            dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+            if dtype is None:
+                raise WeightsError(f"{str(path)!r}: tensor {key!r} has dtype {info['dtype']!r}, which this loader does not read")
+            tensor = torch.frombuffer(buffer, dtype=dtype) if buffer else torch.empty(0, dtype=dtype)
+            yield key, tensor.reshape(info["shape"])
+
+
 def load_safetensors(path: str | Path, device="cpu") -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 

@@ -193,11 +193,11 @@ MASK_LORA_FIELDS = {
 
 def _check(config: Any, fields: dict[str, Field], where: str, what: str, closed: bool) -> dict:
     if not isinstance(config, dict):
-        raise SchemaError(f"{where}: the {what} is {type(config).__name__}, expected a JSON object")
+        raise SchemaError(f"{where!r}: the {what} is {type(config).__name__}, expected a JSON object")
     if closed:
         unknown = sorted(k for k in config if k not in fields and not str(k).startswith("_"))
         if unknown:
-            raise SchemaError(f"{where}: unknown {what} key(s) {unknown[:5]}; known keys: {sorted(fields)}")
+            raise SchemaError(f"{where!r}: unknown {what} key(s) {unknown[:5]}; known keys: {sorted(fields)}")
     for name, field in fields.items():
         if name not in config:
             continue
@@ -206,7 +206,7 @@ def _check(config: Any, fields: dict[str, Field], where: str, what: str, closed:
             continue
         allowed = field.check(value)
         if allowed is not None:
-            raise SchemaError(f"{where}: {what} {name} = {_short(value)} is not valid: expected {allowed}")
+            raise SchemaError(f"{where!r}: {what} {name} = {_short(value)} is not valid: expected {allowed}")
     return config
 
 
@@ -220,7 +220,7 @@ def check_dit_config(config: Any, where: str) -> dict:
     estimate = estimate_dit_parameters(config)
     if estimate > MAX_DIT_PARAMETERS:
         raise SchemaError(
-            f"{where}: DiT config describes about {estimate / 1e9:.0f}B parameters, more than any Wan model "
+            f"{where!r}: DiT config describes about {estimate / 1e9:.0f}B parameters, more than any Wan model "
             f"(limit {MAX_DIT_PARAMETERS / 1e9:.0f}B); the file's embedded config is damaged or not a Wan DiT"
         )
     return config
@@ -241,13 +241,13 @@ def check_vae_config(config: Any, where: str) -> dict:
     for name in ("latents_mean", "latents_std"):
         if name in config and config[name] is not None and len(config[name]) != z_dim:
             raise SchemaError(
-                f"{where}: VAE config {name} has {len(config[name])} values; z_dim={z_dim} needs {z_dim}"
+                f"{where!r}: VAE config {name} has {len(config[name])} values; z_dim={z_dim} needs {z_dim}"
             )
     mult = config.get("dim_mult", [1, 2, 4, 4])
     down = config.get("temperal_downsample", [False, True, True])
     if len(down) != len(mult) - 1:
         raise SchemaError(
-            f"{where}: VAE config temperal_downsample has {len(down)} entries; dim_mult with {len(mult)} "
+            f"{where!r}: VAE config temperal_downsample has {len(down)} entries; dim_mult with {len(mult)} "
             f"levels needs {len(mult) - 1}"
         )
     return config
@@ -268,18 +268,18 @@ def check_latent_stats(mean: Any, std: Any, where: str, channels: int | None = N
                               ("latents_std", std, _number(0.0, 1e4, lo_open=True))):
         allowed = _list(item, 1, MAX_LIST, "number")(value)
         if allowed is not None:
-            raise SchemaError(f"{where}: {name} = {_short(value)} is not valid: expected {allowed}")
+            raise SchemaError(f"{where!r}: {name} = {_short(value)} is not valid: expected {allowed}")
     if len(mean) != len(std) or (channels is not None and len(mean) != channels):
         need = channels if channels is not None else len(mean)
         raise SchemaError(
-            f"{where}: latents_mean has {len(mean)} values and latents_std {len(std)}; the model's latent "
+            f"{where!r}: latents_mean has {len(mean)} values and latents_std {len(std)}; the model's latent "
             f"has {need} channels, so both need {need}"
         )
 
 
 def check_peft_config(config: Any, where: str) -> dict:
     if isinstance(config, dict) and "r" not in config:
-        raise SchemaError(f"{where}: no LoRA rank 'r'; is it a PEFT LoraConfig (adapter_config.json)?")
+        raise SchemaError(f"{where!r}: no LoRA rank 'r'; is it a PEFT LoraConfig (adapter_config.json)?")
     return _check(config, PEFT_FIELDS, where, "PEFT config", closed=False)
 
 
