@@ -333,3 +333,22 @@ def test_premultiplied_set_keeps_webm_straight(tmp_path, scene):
     run(RECIPES["ffmpeg_webm"], cwd=ls.path)
     judge("ffmpeg libvpx-vp9 WebM of a premultiplied set", read_pngs(ls.path, "comp_webm.%05d.png", F),
           scene["full"], scene["soft"], max_tol=0.12, edge_tol=1.5e-2)
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("fmt, bound", [("png8", 8e-3), ("exr_float", 1e-6), ("exr_half", 1e-3)])
+def test_ffmpeg_reads_the_other_sequences(tmp_path, scene, fmt, bound):
+    """PNG8 (straight, sRGB) and per-layer EXR (linear, premultiplied) as ffmpeg decodes them."""
+    ls = write_layer_set(tmp_path, scene["layers"], scene["alphas"], fps=FPS, formats=[fmt])
+    out = ls.output("foreground_1", fmt)
+    rgba = ffmpeg_float_rgba(["-framerate", "16", "-i", str(ls.path / out["path"] / out["pattern"])],
+                             H, W)
+    a, fg = scene["alpha_list"][0], scene["premultiplied"][0]
+    straight = fg / np.maximum(a, 1e-6)[..., None]
+    if fmt == "png8":
+        got, want = rgba[..., :3] * rgba[..., 3:], fg  # straight in the file
+    else:
+        got, want = rgba[..., :3], srgb_decode(straight) * a[..., None]  # linear, premultiplied
+    err = np.abs(got - want).max()
+    print(f"\n[ffmpeg reads {fmt}] max err {err:.2e}, alpha {np.abs(rgba[..., 3] - a).max():.2e}")
+    assert rgba.shape[0] == F and err < bound and np.abs(rgba[..., 3] - a).max() < bound
