@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     # With none of the four weight options, the built-in demo model (layert2v_core/demo_model/) is used.
     gen.add_argument("--dit", help="Wan2.1 DiT weights (.safetensors file or diffusers folder)")
     gen.add_argument("--vae", help="Wan VAE weights (.safetensors file or diffusers folder)")
-    gen.add_argument("--adapter", help="LayerT2V adapter (folder or .safetensors)")
+    gen.add_argument("--adapter", help="LayerT2V adapter (folder or .safetensors) or the authors' checkpoint folder")
+    gen.add_argument("--use-ema", action="store_true", help="an authors' checkpoint folder's EMA weights (ema/ema_model.pt)")
     gen.add_argument("--text-encoder", help="folder with the UMT5 encoder and its tokenizer")
     gen.add_argument("--dtype", default="fp32", choices=["bf16", "fp16", "fp32"])
     gen.add_argument("--device", default="cpu")
@@ -133,7 +134,7 @@ def generate(args) -> Path:
     config.validate()
     prompts.validate()
 
-    dit = load_layered_dit(weights["dit"], weights["adapter"], dtype=args.dtype, device=args.device)
+    dit = load_layered_dit(weights["dit"], weights["adapter"], dtype=args.dtype, device=args.device, use_ema=args.use_ema)
     layer_vae = load_layer_vae(weights["vae"], weights["adapter"], device=args.device)
     text = load_text_encoder(weights["text_encoder"], text_len=dit.config.text_len, dtype=args.dtype, device=args.device)
     pipe = LayerT2VPipeline(dit, layer_vae.vae, layer_vae.mask_vae, text, device=args.device)

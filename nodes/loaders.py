@@ -8,6 +8,8 @@ import folder_paths
 from comfy_api.latest import io
 
 from layert2v_core import demo_model
+from layert2v_core.weights.authors_folder import ADAPTER_CONFIG
+from layert2v_core.weights.checkpoint import is_checkpoint_folder
 from layert2v_core.weights.layert2v_adapter import CONFIG_FILE
 from layert2v_core.weights.loading import DTYPES, LayerT2VModel, load_layer_vae, load_layered_dit, load_text_encoder
 
@@ -32,17 +34,22 @@ def demo_path(folder: str) -> str:
 
 
 def register_model_folder() -> None:
-    """models/layert2v/ holds LayerT2V adapters: folders with layert2v_config.json or single .safetensors."""
+    """models/layert2v/ holds LayerT2V adapters: folders with layert2v_config.json, the authors' checkpoint
+    folders (adapter_config.json + adapter_model.*), or single .safetensors."""
     path = os.path.join(folder_paths.models_dir, ADAPTER_FOLDER)
     folder_paths.add_model_folder_path(ADAPTER_FOLDER, path, is_default=True)
     folder_paths.folder_names_and_paths[ADAPTER_FOLDER][1].update({".safetensors", ".json"})
 
 
 def list_adapters() -> list[str]:
-    """Adapter folders (by folder name) and single-file adapters, across every layert2v path."""
+    """Adapter folders, ours and the authors' (by folder name), and single-file adapters, across every
+    layert2v path. Files inside a listed folder (adapter_model.safetensors, ...) are not offered alone."""
     files = folder_paths.get_filename_list(ADAPTER_FOLDER)
-    folders = {os.path.dirname(f) for f in files if os.path.basename(f) == CONFIG_FILE}
-    singles = {f for f in files if f.endswith(".safetensors") and os.path.dirname(f) not in folders}
+    candidates = {os.path.dirname(f) for f in files if os.path.basename(f) in (CONFIG_FILE, ADAPTER_CONFIG)}
+    folders = {d for d in candidates if d and any(is_checkpoint_folder(os.path.join(base, d))
+                                                   for base in folder_paths.get_folder_paths(ADAPTER_FOLDER))}
+    singles = {f for f in files if f.endswith(".safetensors")
+               and not any(f.startswith(d + os.sep) or f.startswith(d + "/") for d in folders)}
     return sorted(folders | singles)
 
 
@@ -90,15 +97,18 @@ class LoadLayerT2VModel(io.ComfyNode):
                 io.Combo.Input("adapter_name", options=with_demo(list_adapters()) + [NO_ADAPTER]),
                 io.Combo.Input("dtype", options=list(DTYPES), default="bf16"),
                 io.Combo.Input("device", options=["auto", "cpu"], default="auto"),
+                io.Boolean.Input("use_ema", default=False, optional=True,
+                                 tooltip="the EMA weights (ema/ema_model.pt) of an authors' checkpoint folder "
+                                         "instead of its adapter weights; off, as in their inference"),
             ],
             outputs=[LayerModel.Output(display_name="layert2v_model")],
         )
 
     @classmethod
-    def execute(cls, dit_name, adapter_name, dtype, device) -> io.NodeOutput:
+    def execute(cls, dit_name, adapter_name, dtype, device, use_ema=False) -> io.NodeOutput:
         with readable_errors("LayerT2V Load Model"):
             path = resolve_model_file("diffusion_models", dit_name, "dit_name")
-            dit = load_layered_dit(path, resolve_adapter(adapter_name), dtype=dtype, device="cpu")
+            dit = load_layered_dit(path, resolve_adapter(adapter_name), dtype=dtype, device="cpu", use_ema=use_ema)
             model = LayerT2VModel.from_dit(dit, name=f"{dit_name} + {adapter_name}")
             model.device = device_for(device)
         return io.NodeOutput(model)

@@ -201,3 +201,24 @@ def test_mask_lora_for_another_vae_is_refused(mask_files, tmp_path):
     with pytest.raises(WeightsError, match=r"ckpt'.*mask-VAE adapter does not fit this model: \d+ of the model's "
                                            r"\d+ tensors missing"):
         load_layer_vae(vae_file, other)
+
+
+# ---- the CLI ---------------------------------------------------------------------------------------
+def test_cli_generates_from_the_authors_folder_with_ema(mask_files, two_blocks, tmp_path):
+    from layert2v_core.cli import main
+    from layert2v_core.tiny import save_tiny_text_encoder
+
+    dit_file, folder, _, _ = two_blocks
+    _, vae_file, _, _ = mask_files
+    text_encoder = save_tiny_text_encoder(tmp_path / "te")
+    argv = ["generate", "--prompt", "a red cat on a beach", "--bg-prompt", "a beach", "--fg-prompt", "a red cat",
+            "--dit", str(dit_file), "--vae", str(vae_file), "--adapter", str(folder), "--text-encoder",
+            str(text_encoder), "--use-ema", "--frames", "5", "--width", "32", "--height", "32", "--steps", "2",
+            "--formats", "png16", "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    pngs = sorted((tmp_path / "out").rglob("*.png"))
+    assert pngs, "no layer frames written"
+    from PIL import Image
+
+    with Image.open(pngs[0]) as image:
+        assert image.size == (32, 32)
