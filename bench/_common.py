@@ -117,6 +117,34 @@ def timed(fn, device="cpu"):
     return out, time.perf_counter() - start
 
 
+class StepTimer:
+    """Sampler callback that stamps each step's end (synchronised). Call start() right before sampling:
+    only the steps count, not the DiT's move to the device before them or its offload after them."""
+
+    def __init__(self, device):
+        self.device = device
+        self.start_time = 0.0
+        self.marks: list[float] = []
+
+    def start(self) -> None:
+        sync(self.device)
+        self.start_time = time.perf_counter()
+        self.marks = []
+
+    def __call__(self, state) -> None:
+        sync(self.device)
+        self.marks.append(time.perf_counter())
+
+    @property
+    def step_seconds(self) -> list[float]:
+        edges = [self.start_time] + self.marks
+        return [b - a for a, b in zip(edges, edges[1:])]
+
+    @property
+    def total(self) -> float:
+        return self.marks[-1] - self.start_time if self.marks else 0.0
+
+
 def load_average() -> str:
     try:
         return "/".join(f"{x:.2f}" for x in os.getloadavg())

@@ -10,7 +10,9 @@ Full-size Wan2.1-1.3B architecture, random bf16 weights (speed does not depend o
   reference samples one 41-frame video with the same DiT weights (diffusers WanTransformer3DModel
   forward, one 512-token prompt, same CFG batching and scheduler) and decodes it. Text encoding is
   not timed (UMT5 runs once per prompt, is cached, and is offloaded before the DiT).
-  Peak = torch.cuda.max_memory_allocated over the whole generation (weights included).
+  Peak = torch.cuda.max_memory_allocated over the whole generation (weights included; the text encoder
+  is not loaded: bench/gpu_generation.py measures it resident). Sampling time is the sampler's steps
+  only (StepTimer): the DiT's offload to the CPU after sampling and its move back before are not in it.
 CPU proof that the full-size path runs (full architecture, 30 blocks, tiny frame):
     nice -n 10 .venv/bin/python bench/generation.py --model full --dry-run
 """
@@ -23,7 +25,7 @@ import time
 
 import _common  # noqa: F401
 import torch
-from _common import GIB, peak_meter, header, sync, table
+from _common import GIB, StepTimer, header, peak_meter, sync, table
 
 from layert2v_core.config import LayerT2VConfig
 from layert2v_core.dit import LayeredWanTransformer
@@ -124,6 +126,16 @@ def layout_tokens(layout):
     return layout.num_tokens
 
 
+def timed_sample(pipe, layout, cond, config, device):
+    """(latent, seconds of the sampler's steps): the DiT's move back from the offload device happens before
+    the clock starts, its offload after the last step is not counted."""
+    pipe.dit.to(device)
+    timer = StepTimer(device)
+    timer.start()
+    latent = pipe.sample_latent(layout, cond, config, callback=timer)
+    return latent, timer.total
+
+
 def full_run(args) -> None:
     device = torch.device(args.device)
     dtype = torch.bfloat16
@@ -144,17 +156,12 @@ def full_run(args) -> None:
             pipe.sample_latent(layout, cond, SamplerConfig(steps=1, cfg=5.0))
         config = SamplerConfig(steps=args.steps, cfg=5.0, sampler="unipc")
         with peak_meter(device) as meter:
+            latent, t_sample = timed_sample(pipe, layout, cond, config, device)
             sync(device)
-            start = time.perf_counter()
-            latent = pipe.sample_latent(layout, cond, config)
-            sync(device)
-            t_sample = time.perf_counter() - start
             start = time.perf_counter()
             pipe.decode(latent, layout)
             sync(device)
             t_decode = time.perf_counter() - start
-        if pipe.dit_offload_device is not None:
-            pipe.dit.to(device)
         est = pipe.last_memory_estimate
         per_step = t_sample / args.steps
         rows.append([f"layered K={k} ({layout.num_segments} layers)", layout.num_tokens, per_step,
@@ -174,6 +181,8 @@ def full_run(args) -> None:
     peak_name = "peak GiB (max_memory_allocated)" if device.type == "cuda" else "peak RSS GiB"
     table(["run", "tokens", "s/step", f"sampling s ({PAPER_STEPS} steps)", "decode s", "total s", peak_name,
            "estimate GiB"], rows)
+    print("text encoder: not loaded in these rows (UMT5-XXL, ~11 GiB bf16, is offloaded before sampling); "
+          "bench/gpu_generation.py reports the peak with it resident")
     print("paper (H200, K=1, 50 steps): 151 s, 24 GB peak; goal: < 80 s, < 12 GB")
 
 

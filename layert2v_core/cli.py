@@ -8,6 +8,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .attention_backend import BACKENDS as ATTENTION_BACKENDS
+
 EXAMPLE = ("python -m layert2v_core generate --prompt 'a red circle over blue stripes' --bg-prompt 'blue stripes' "
            "--fg-prompt 'a red circle' --dit DIT.safetensors --vae VAE.safetensors --adapter ADAPTER "
            "--text-encoder TEXT_ENCODER_DIR --out out/")
@@ -32,6 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--shift", type=float, default=None, help="default 3 on the built-in demo model, else 5")
     gen.add_argument("--sampler", default="unipc", choices=["euler", "unipc"])
     gen.add_argument("--seed", type=int, default=0)
+    speed = gen.add_argument_group("speed (README: speed and benchmarks)")
+    speed.add_argument("--step-cache", type=float, default=0.0, metavar="THRESHOLD",
+                       help="reuse the DiT's residual on steps whose input barely changed (TeaCache); 0 = off")
+    speed.add_argument("--cfg-start", type=float, default=0.0, help="fraction of the steps where guidance starts")
+    speed.add_argument("--cfg-end", type=float, default=1.0,
+                       help="fraction of the steps where guidance ends (e.g. 0.5: the unconditional pass runs in the first half)")
+    speed.add_argument("--cfg-outside", default="skip", choices=["skip", "reuse"],
+                       help="steps outside the guidance range: no guidance, or reuse the last guided difference")
+    speed.add_argument("--attention", default="sdpa", choices=list(ATTENTION_BACKENDS),
+                       help="attention kernel; refused with a message when not installed")
     gen.add_argument("--fps", type=float, default=16.0)
     gen.add_argument("--formats", default="png16,prores,h264", help="comma-separated export formats")
     gen.add_argument("--alpha-mode", default="straight", choices=["straight", "premultiplied"])
@@ -124,17 +136,23 @@ def generate(args) -> Path:
     from .export import write_layer_set
     from .weights.loading import load_layer_vae, load_layered_dit, load_text_encoder
     from .pipeline import LayerPrompts, LayerT2VPipeline
-    from .sampler import SamplerConfig
+    from .sampler import SamplerConfig, speed_summary
     from .variants import sample_layers
 
     weights = resolve_weights(args)
     apply_sampling_defaults(args, weights["demo"])
     prompts = LayerPrompts(args.prompt, args.bg_prompt, list(args.fg_prompt), negative=args.negative)
-    config = SamplerConfig(steps=args.steps, cfg=args.cfg, shift=args.shift, sampler=args.sampler, seed=args.seed)
+    config = SamplerConfig(steps=args.steps, cfg=args.cfg, shift=args.shift, sampler=args.sampler, seed=args.seed,
+                           cache_threshold=args.step_cache, cfg_start=args.cfg_start, cfg_end=args.cfg_end,
+                           cfg_outside=args.cfg_outside)
     config.validate()
     prompts.validate()
 
     dit = load_layered_dit(weights["dit"], weights["adapter"], dtype=args.dtype, device=args.device, use_ema=args.use_ema)
+    if args.attention != "sdpa":
+        from .attention_backend import set_attention_backend
+
+        set_attention_backend(dit, args.attention, device=args.device)
     layer_vae = load_layer_vae(weights["vae"], weights["adapter"], device=args.device)
     text = load_text_encoder(weights["text_encoder"], text_len=dit.config.text_len, dtype=args.dtype, device=args.device)
     pipe = LayerT2VPipeline(dit, layer_vae.vae, layer_vae.mask_vae, text, device=args.device)
@@ -159,7 +177,7 @@ def generate(args) -> Path:
                                  alpha_mode=args.alpha_mode, prompts={**prompts.slots(), "negative": args.negative},
                                  seed=args.seed, progress=progress,
                                  metadata={"steps": args.steps, "cfg": args.cfg, "shift": args.shift,
-                                           "sampler": args.sampler})
+                                           "sampler": args.sampler, **speed_summary(config, pipe.last_sampling_stats)})
     return result.path
 
 

@@ -102,6 +102,16 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  #
 Guidance = Callable[[int, float, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def speed_summary(config: SamplerConfig, stats: Optional[SamplingStats]) -> dict:
+    """The speed options that change the result and the DiT forwards they left (for export manifests)."""
+    out = {"dit_forwards": stats.forwards if stats is not None else None}
+    if config.step_cache.enabled:
+        out["step_cache"] = config.cache_threshold
+    if (config.cfg_start, config.cfg_end) != (0.0, 1.0):
+        out.update(cfg_range=[config.cfg_start, config.cfg_end], cfg_outside=config.cfg_outside)
+    return out
+
+
 def make_scheduler(name: str, shift: float):
     if name == "euler":
         return FlowMatchEulerDiscreteScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, shift=shift)

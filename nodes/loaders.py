@@ -8,6 +8,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from layert2v_core import demo_model
+from layert2v_core.attention_backend import BACKENDS, DEFAULT_BACKEND, describe, set_attention_backend
 from layert2v_core.weights.authors_folder import ADAPTER_CONFIG
 from layert2v_core.weights.checkpoint import is_checkpoint_folder
 from layert2v_core.weights.layert2v_adapter import CONFIG_FILE
@@ -100,17 +101,21 @@ class LoadLayerT2VModel(io.ComfyNode):
                 io.Boolean.Input("use_ema", default=False, optional=True,
                                  tooltip="the EMA weights (ema/ema_model.pt) of an authors' checkpoint folder "
                                          "instead of its adapter weights; off, as in their inference"),
+                io.Combo.Input("attention", options=list(BACKENDS), default=DEFAULT_BACKEND, optional=True,
+                               tooltip="attention kernel; " + describe()),
             ],
             outputs=[LayerModel.Output(display_name="layert2v_model")],
         )
 
     @classmethod
-    def execute(cls, dit_name, adapter_name, dtype, device, use_ema=False) -> io.NodeOutput:
+    def execute(cls, dit_name, adapter_name, dtype, device, use_ema=False, attention=DEFAULT_BACKEND) -> io.NodeOutput:
         with readable_errors("LayerT2V Load Model"):
             path = resolve_model_file("diffusion_models", dit_name, "dit_name")
             dit = load_layered_dit(path, resolve_adapter(adapter_name), dtype=dtype, device="cpu", use_ema=use_ema)
             model = LayerT2VModel.from_dit(dit, name=f"{dit_name} + {adapter_name}")
             model.device = device_for(device)
+            if attention != DEFAULT_BACKEND:  # checked on the device it will run on
+                set_attention_backend(dit, attention, device=model.device)
         return io.NodeOutput(model)
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 from layert2v_core.layout import LayerLayout
 from layert2v_core.pipeline import LayerT2VPipeline
 from layert2v_core.preview import latent_preview
-from layert2v_core.sampler import SAMPLERS, SamplerConfig
+from layert2v_core.sampler import CFG_OUTSIDE, SAMPLERS, SamplerConfig, speed_summary
 from layert2v_core.variants import sample_layers
 
 from .errors import LayerT2VInputError, readable_errors
@@ -55,13 +55,21 @@ class LayeredSampler(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
                 LayerGiven.Input("given", optional=True, tooltip="layers to keep (LayerT2V Layer From Video)"),
                 LayerTrajectory.Input("trajectory", optional=True, tooltip="boxes per foreground (LayerT2V Trajectories)"),
+                io.Float.Input("step_cache", default=0.0, min=0.0, max=10.0, step=0.01, optional=True,
+                               tooltip="0 = off. Reuse the model's residual on steps whose input barely changed "
+                                       "(TeaCache); higher = fewer model runs, more drift (README: speed)"),
+                io.Float.Input("cfg_end", default=1.0, min=0.0, max=1.0, step=0.05, optional=True,
+                               tooltip="fraction of the steps that run the negative prompt (1 = all); later steps "
+                                       "cost half"),
+                io.Combo.Input("cfg_after_end", options=list(CFG_OUTSIDE), default="skip", optional=True,
+                               tooltip="after cfg_end: no guidance (skip) or reuse the last guided difference"),
             ],
             outputs=[io.Latent.Output(display_name="layered_latent")],
         )
 
     @classmethod
     def execute(cls, layert2v_model, layer_conditioning, width, height, frames, steps, cfg, shift, sampler, seed,
-                given=None, trajectory=None):
+                given=None, trajectory=None, step_cache=0.0, cfg_end=1.0, cfg_after_end="skip"):
         with readable_errors("LayerT2V Layered Sampler"):
             dit = layert2v_model.dit
             source = given if given is not None else trajectory  # both carry the VAE that encodes them
@@ -70,7 +78,8 @@ class LayeredSampler(io.ComfyNode):
                                     device=layert2v_model.device)
             layout = pipe.layout(layer_conditioning.num_foregrounds, frames, height, width)
             config = SamplerConfig(steps=steps, cfg=cfg, shift=shift, sampler=sampler, seed=seed,
-                                   given_mode=given.mode if given is not None else "replace")
+                                   given_mode=given.mode if given is not None else "replace",
+                                   cache_threshold=step_cache, cfg_end=cfg_end, cfg_outside=cfg_after_end)
             config.validate()
             if layer_conditioning.cond.shape[-1] != dit.text_dim:
                 raise LayerT2VInputError(
@@ -95,5 +104,6 @@ class LayeredSampler(io.ComfyNode):
         samples = layert2v_model.to_raw(latent).to(mm.intermediate_device())
         generation = {"prompts": {**layer_conditioning.prompts, "negative": layer_conditioning.negative},
                       "seed": seed, "steps": steps, "cfg": cfg, "shift": shift, "sampler": sampler,
-                      "model": layert2v_model.name}
+                      "model": layert2v_model.name,
+                      **speed_summary(config, pipe.last_sampling_stats)}
         return io.NodeOutput({"samples": samples, LAYOUT_KEY: layout.to_dict(), GENERATION_KEY: generation})

@@ -189,3 +189,69 @@ def test_guidance_range_in_the_middle():
 def test_bad_speed_options_name_the_parameter(bad, match):
     with pytest.raises(ValueError, match=match):
         SamplerConfig(**bad).validate()
+
+
+# ---- attention backend -------------------------------------------------------------------------------
+def test_attention_backends_agree_on_the_routed_forward(pipe):
+    """K=2 layout (routed cross-attention, several groups): each kernel that runs here gives the same velocity."""
+    from layert2v_core.attention_backend import BACKENDS, available_backends, set_attention_backend
+    from layert2v_core.pipeline import encode_conditioning
+
+    dit = pipe.dit
+    layout = pipe.layout(1, 5, 32, 32)
+    cond = encode_conditioning(PROMPT, encoder=pipe.text_encoder).cond
+    x, t = initial_noise(layout, 3), torch.full((1, layout.num_segments), 500.0)
+    usable = available_backends("cpu")
+    assert {"sdpa", "math"} <= set(usable) and set(usable) <= set(BACKENDS)
+    outputs = {}
+    try:
+        for name in usable:
+            set_attention_backend(dit, name)
+            with torch.no_grad():
+                outputs[name] = dit(x, t, cond, layout)
+    finally:
+        set_attention_backend(dit, "sdpa")
+    for name, out in outputs.items():
+        torch.testing.assert_close(out, outputs["math"], rtol=1e-4, atol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("name", ["flash", "flash3", "sage", "cudnn"])
+def test_missing_attention_kernel_is_one_clear_line(pipe, name):
+    from layert2v_core.attention_backend import AttentionBackendError, set_attention_backend
+
+    with pytest.raises(AttentionBackendError) as err:
+        set_attention_backend(pipe.dit, name)
+    message = str(err.value)
+    assert "\n" not in message and f"attention={name!r}" in message and "use 'sdpa'" in message
+    assert pipe.dit.base.blocks[0].attn1.processor._attention_backend in (None, "native")  # left as it was
+
+
+# ---- command line ------------------------------------------------------------------------------------
+def cli(*args):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    return subprocess.run([sys.executable, "-m", "layert2v_core", "generate", "--prompt", "a red circle over blue stripes",
+                           "--bg-prompt", "blue stripes", "--fg-prompt", "a red circle", "--steps", "8",
+                           "--formats", "png8", *args], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                          text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+
+
+def test_cli_speed_options_land_in_the_manifest(tmp_path):
+    import json
+    from pathlib import Path
+
+    res = cli("--step-cache", "5", "--cfg-end", "0.5", "--cfg-outside", "reuse", "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr[-2000:]
+    manifest = json.loads((Path(res.stdout.strip().split("wrote ", 1)[1]) / "layers.json").read_text())
+    meta = manifest["metadata"]
+    assert meta["step_cache"] == 5.0 and meta["cfg_range"] == [0.0, 0.5] and meta["cfg_outside"] == "reuse"
+    assert 0 < meta["dit_forwards"] < 16  # 8 steps with CFG would be 16
+
+
+def test_cli_missing_attention_kernel_exits_with_one_line(tmp_path):
+    res = cli("--attention", "flash", "--out", str(tmp_path))
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1].startswith("error: attention='flash'")
+    assert "Traceback" not in res.stderr and not any(tmp_path.iterdir())
