@@ -4,9 +4,10 @@
 PY      ?= python3
 VENV    := .venv
 VPY     := $(VENV)/bin/python
+BROWSER_DIR := tests/browser
 APT_PKGS := ffmpeg openimageio-tools chromium blender
 
-.PHONY: test demo demo-model venv system-deps bench clean
+.PHONY: test demo demo-model venv system-deps browser-deps bench clean
 
 venv: $(VENV)/.installed
 
@@ -25,7 +26,15 @@ system-deps:
 	  else echo "missing system packages:$$missing (install them as root; their tests will be skipped)"; fi; \
 	fi
 
-test: venv system-deps
+# playwright-core (no browser download: the tests drive Debian's chromium) for tests/test_browser_*.py
+$(BROWSER_DIR)/node_modules/.installed: $(BROWSER_DIR)/package.json $(BROWSER_DIR)/package-lock.json
+	@if command -v npm >/dev/null; then cd $(BROWSER_DIR) && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
+	else echo "npm is missing: the browser tests will be skipped"; fi
+
+browser-deps: $(BROWSER_DIR)/node_modules/.installed
+
+# The ComfyUI hosts (0.30.0 + 0.3.75 + frontend 1.58.1) go to .cache/comfyui on the first test run.
+test: venv system-deps browser-deps
 	$(VPY) -m pytest -q tests
 
 demo: venv
@@ -39,4 +48,4 @@ bench: venv
 	$(VPY) bench/export.py
 
 clean:
-	rm -rf $(VENV) .cache test-output
+	rm -rf $(VENV) .cache test-output $(BROWSER_DIR)/node_modules

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import time
+from pathlib import Path
 
 import comfy.model_management as mm
 import comfy.utils
@@ -11,6 +13,8 @@ import folder_paths
 from comfy_api.latest import io
 
 from layert2v_core.export import write_layer_set
+from layert2v_core.preview import WEB_PREVIEW_DIR, write_web_previews
+from layert2v_core.export.atomic import output_errors
 
 from .errors import LayerT2VInputError, readable_errors
 from .types import CATEGORY, LayerSet
@@ -23,19 +27,60 @@ FORMAT_SWITCHES = {  # node input -> export format; defaults are what a composit
 }
 
 
-def preview_entries(layer_set, output_dir: str) -> list[dict]:
-    """Middle frame of each PNG layer, as ComfyUI UI image entries (the layer viewer reads 'layer')."""
+def viewer_entries(strips, output_dir: str) -> list[dict]:
+    """The layer viewer's input: each film strip as a /view address (type, subfolder, filename)
+    plus how to play it. Not under "images": the frontend's own gallery would show the strips as
+    stills next to the viewer."""
     entries = []
-    for layer in layer_set.manifest["layers"]:
-        for output in layer.get("outputs", []):
-            if output.get("format", "").startswith("png"):
-                frame = output["first_frame"] + output["frame_count"] // 2
-                path = layer_set.path / (output["pattern"] % frame)
-                rel = os.path.relpath(path, output_dir)
-                entries.append({"filename": os.path.basename(rel), "subfolder": os.path.dirname(rel),
-                                "type": "output", "layer": layer["name"], "has_alpha": bool(layer.get("has_alpha"))})
-                break
+    for strip in strips:
+        record = strip.to_json(Path(output_dir).resolve())
+        subfolder, _, filename = record.pop("path").rpartition("/")
+        entries.append({"filename": filename, "subfolder": subfolder, "type": "output", **record})
     return entries
+
+
+_DATE_PARTS = re.compile(r"dd?|MM?|hh?|mm?|ss?|yyy?y?")
+_NOT_IN_FILENAMES = re.compile(r'[/?<>\\:*|"\x00-\x1F\x7F]')
+
+
+def expand_filename_tokens(prefix: str, width: int, height: int, prompt: dict | None = None, now=None) -> str:
+    """ComfyUI's filename tokens, as its frontend and its save nodes expand them together:
+    %date:yyyy-MM-dd hh:mm:ss% and %<node title or type>.<widget>% (the frontend does these for its
+    own save nodes before queueing; here they also work when a prompt arrives through the API), then
+    %year% %month% %day% %hour% %minute% %second% %width% %height% (ComfyUI's get_save_image_path)."""
+    now = now or time.localtime()
+    values = {"d": now.tm_mday, "M": now.tm_mon, "h": now.tm_hour, "m": now.tm_min, "s": now.tm_sec}
+
+    def date(fmt: str) -> str:
+        def part(match):
+            token = match.group()
+            if token == "yyyy":
+                return str(now.tm_year)
+            if token == "yy":
+                return str(now.tm_year)[2:]
+            return str(values[token[0]]).zfill(len(token)) if token[0] in values else token
+        return _DATE_PARTS.sub(part, fmt)
+
+    def replace(match):
+        token = match.group(1)
+        if token.startswith("date:"):
+            return date(token[5:])
+        node_name, dot, widget = token.partition(".")
+        if dot and prompt:
+            for node in prompt.values():
+                if node_name in (node.get("_meta", {}).get("title"), node.get("class_type")):
+                    value = node.get("inputs", {}).get(widget)
+                    if value is not None and not isinstance(value, list):  # a link has no value yet
+                        return _NOT_IN_FILENAMES.sub("_", str(value))
+        return match.group()
+
+    prefix = re.sub(r"%([^%]+)%", replace, prefix)
+    for token, value in (("width", width), ("height", height), ("year", now.tm_year)):
+        prefix = prefix.replace(f"%{token}%", str(value))
+    for token, value in (("month", now.tm_mon), ("day", now.tm_mday), ("hour", now.tm_hour),
+                         ("minute", now.tm_min), ("second", now.tm_sec)):
+        prefix = prefix.replace(f"%{token}%", str(value).zfill(2))
+    return prefix
 
 
 def check_filename_prefix(node: str, prefix) -> None:
@@ -51,7 +96,7 @@ def check_filename_prefix(node: str, prefix) -> None:
         why = "is an absolute path"
     elif ".." in parts:
         why = "contains '..'"
-    elif not _SAFE_PART.match(re.sub(r"%[a-z]+%", "0", parts[-1])):  # ComfyUI's %date% variables are fine
+    elif not _SAFE_PART.match(parts[-1]):
         why = f"ends in {parts[-1]!r}, not a plain name (letters, digits, _ . -, starting with a letter or digit)"
     if why:
         raise LayerT2VInputError(f"{node}: filename_prefix {prefix!r} {why}; give a relative path inside the "
@@ -99,7 +144,7 @@ class SaveLayers(io.ComfyNode):
                 io.String.Input("filename_prefix", default="LayerT2V/layers"),
                 io.Float.Input("fps", default=16.0, min=0.01, max=240.0, step=0.01),
                 io.Combo.Input("alpha_mode", options=["straight", "premultiplied"], default="straight",
-                               tooltip="How PNG/ProRes/WebM store colour; EXR is always premultiplied"),
+                               tooltip="How ProRes/WebM store colour; PNG is always straight and EXR premultiplied (their specs); layers.json and a sidecar per file record it"),
                 *switches,
             ],
             outputs=[io.String.Output(display_name="folder")],
@@ -113,13 +158,17 @@ class SaveLayers(io.ComfyNode):
         formats = [fmt for name, (fmt, _) in FORMAT_SWITCHES.items() if switches.get(name)]
         if not formats:
             raise LayerT2VInputError(f"{node}: every format is switched off; switch on at least one")
+        height, width = next(iter(layers.rgb.values())).shape[1:3]
+        if isinstance(filename_prefix, str):
+            filename_prefix = expand_filename_tokens(filename_prefix, width, height, getattr(cls.hidden, "prompt", None))
         check_filename_prefix(node, filename_prefix)
         output_dir = folder_paths.get_output_directory()
         target = os.path.dirname(os.path.join(output_dir, os.path.normpath(filename_prefix)))
         created = _missing_dirs(target, output_dir)  # removed again if this run writes nothing
         try:
-            with readable_errors(node):
-                folder, name, _, _, _ = folder_paths.get_save_image_path(filename_prefix, output_dir)
+            with readable_errors(node, output_input="filename_prefix", aliases={output_dir: "output"}):
+                with output_errors(Path(output_dir, os.path.normpath(filename_prefix))):  # it lists the folder
+                    folder, name, _, _, _ = folder_paths.get_save_image_path(filename_prefix, output_dir)
                 generation = dict(layers.generation)
                 prompts, seed = generation.pop("prompts", None), generation.pop("seed", None)
                 result = write_layer_set(folder, layers.rgb, layers.alpha_by_layer(), fps=fps, formats=formats,
@@ -129,6 +178,7 @@ class SaveLayers(io.ComfyNode):
         except BaseException:
             _remove_if_empty(created)
             raise
-        previews = preview_entries(result, output_dir)
+        strips = write_web_previews(result.path / WEB_PREVIEW_DIR, layers.rgb, layers.alpha_by_layer(), fps,
+                                    on_layer=mm.throw_exception_if_processing_interrupted)
         rel = os.path.relpath(result.path, output_dir)
-        return io.NodeOutput(rel, ui={"images": previews, "layert2v_folder": [rel]})
+        return io.NodeOutput(rel, ui={"layert2v_viewer": viewer_entries(strips, output_dir), "layert2v_folder": [rel]})

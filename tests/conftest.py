@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from comfyhost.install import REPO_ROOT, ensure_installed
+from comfyhost.install import EXTRA_FRONTENDS, HOSTS, REPO_ROOT, ensure_installed, frontend_root
 from comfyhost.models import install_tiny_models
 from comfyhost.server import ComfyServer
 
+NEWEST_FRONTEND = EXTRA_FRONTENDS[-1]
 TEST_OUTPUT_DIR = REPO_ROOT / "test-output"  # gitignored: screenshots and the server log for people to look at
 
 _startup_report: list[str] = []
@@ -27,27 +28,45 @@ def test_output_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory, test_output_dir) -> Iterator[ComfyServer]:
-    """A real ComfyUI 0.3.75 server (CPU, 127.0.0.1, own base dir) with this pack in custom_nodes.
+    """A real ComfyUI 0.30.0 server (CPU, 127.0.0.1, own base dir) with this pack in custom_nodes,
+    serving the frontend that release pins (1.47.12).
 
-    Installs the host on first use (about half a minute, then a no-op). Skipped only when
+    Installs the hosts on first use (under a minute, then a no-op). Skipped only when
     LAYERT2V_SKIP_COMFY=1; any install or start-up failure fails the tests that use it.
     """
+    yield from _serve(tmp_path_factory, test_output_dir, "comfyui-server.log")
+
+
+@pytest.fixture(scope="session")
+def comfy_server_newest_frontend(tmp_path_factory, test_output_dir) -> Iterator[ComfyServer]:
+    """The same ComfyUI 0.30.0 serving the newest frontend on PyPI (--front-end-root)."""
+    yield from _serve(tmp_path_factory, test_output_dir, f"comfyui-server-frontend-{NEWEST_FRONTEND}.log",
+                      front_end_root=frontend_root(NEWEST_FRONTEND))
+
+
+@pytest.fixture(scope="session")
+def comfy_server_0_3_75(tmp_path_factory, test_output_dir) -> Iterator[ComfyServer]:
+    """The compatibility host: ComfyUI 0.3.75 (a year older) in the same venv."""
+    yield from _serve(tmp_path_factory, test_output_dir, "comfyui-0.3.75-server.log", comfy_dir=HOSTS["0.3.75"].comfy_dir)
+
+
+def _serve(tmp_path_factory, test_output_dir, log_name, front_end_root=None, comfy_dir=None):
     if os.environ.get("LAYERT2V_SKIP_COMFY") == "1":
         pytest.skip("LAYERT2V_SKIP_COMFY=1: tests in a real ComfyUI server are switched off")
     started = time.monotonic()
-    comfy_dir = ensure_installed()  # a no-op once installed
+    main_dir = ensure_installed()  # a no-op once installed
     install_seconds = time.monotonic() - started
-    server = ComfyServer(comfy_dir, tmp_path_factory.mktemp("comfyui"))
+    server = ComfyServer(comfy_dir or main_dir, tmp_path_factory.mktemp("comfyui"), front_end_root=front_end_root)
     install_tiny_models(server.base_dir / "models")  # before start: loaders list models at start-up
     try:
         server.start()
-        _startup_report.append(f"ComfyUI host: install step {install_seconds:.1f} s; first /object_info "
-                               f"{server.startup_seconds:.1f} s after process start (log {server.log_path})")
+        _startup_report.append(f"{log_name}: install step {install_seconds:.1f} s; first /object_info "
+                               f"{server.startup_seconds:.1f} s after process start")
         yield server
     finally:
         server.stop()
         if server.log_path.exists():  # kept beside the screenshots, for whoever reads a failed run
-            shutil.copyfile(server.log_path, test_output_dir / "comfyui-server.log")
+            shutil.copyfile(server.log_path, test_output_dir / log_name)
 
 
 @pytest.fixture(scope="module")

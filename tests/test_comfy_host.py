@@ -1,4 +1,5 @@
-"""The pack inside a real ComfyUI 0.3.75 server: loading, HTTP API, and the real frontend in chromium.
+"""The pack inside a real ComfyUI 0.30.0 server: loading, HTTP API, and the real frontend in chromium;
+and, as a compatibility check, inside ComfyUI 0.3.75 (loads, one workflow runs).
 
 The server (fixture `comfy_server`, tests/conftest.py) starts once per session; see tests/comfyhost.
 """
@@ -14,6 +15,7 @@ from PIL import Image, ImageStat
 from comfyhost.browser import capture_page, find_chromium, frontend_url
 from comfyhost.client import PromptRejected
 from comfyhost.server import PACK_NAME
+from test_comfy_nodes import api_workflow
 
 MARKER_JS = f"/extensions/{PACK_NAME}/layert2v.js"
 
@@ -30,10 +32,10 @@ def run_ping(server) -> None:
     assert entry["outputs"]["1"]["text"] == [message]
 
 
-def test_server_runs_comfyui_0_3_75(comfy_server):
+def test_server_runs_comfyui_0_30_0(comfy_server):
     assert comfy_server.running
     stats = comfy_server.get("/system_stats")
-    assert stats["system"]["comfyui_version"] == "0.3.75"
+    assert stats["system"]["comfyui_version"] == "0.30.0"
     assert comfy_server.get("/settings/Comfy.TutorialCompleted") is True  # no first-run dialog in the browser
 
 
@@ -66,7 +68,7 @@ def test_unknown_node_is_rejected_readably_and_server_keeps_serving(comfy_server
         comfy_server.queue_prompt({"1": {"class_type": "NoSuchLayerT2VNode", "inputs": {}}})
     assert rejected.value.status == 400
     error = rejected.value.body["error"]
-    assert error["type"] == "invalid_prompt"
+    assert error["type"] == "missing_node_type"  # ComfyUI 0.3.75 said "invalid_prompt"
     assert "NoSuchLayerT2VNode" in error["message"]
     run_ping(comfy_server)
 
@@ -108,3 +110,15 @@ def test_pack_workflow_opens_in_frontend_with_prompt_boxes(comfy_server, test_ou
     assert shown and shown.group(1) == boxes, "the Layer Prompts node did not load or our JS did not run on it"
     missing = [m for m in page.console if "missing" in m.lower() and "LayerT2V" in m]
     assert not missing, missing
+
+
+def test_pack_loads_and_runs_in_comfyui_0_3_75(comfy_server_0_3_75):
+    server = comfy_server_0_3_75
+    assert server.get("/system_stats")["system"]["comfyui_version"] == "0.3.75"
+    ours = sorted(name for name, info in server.object_info().items() if info["category"].startswith("LayerT2V"))
+    assert len(ours) == 15, ours
+    test_server_log_shows_pack_imported_without_error(server)
+    entry = server.wait(server.queue_prompt(api_workflow(server, "layered_t2v")), timeout=300)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    viewer = entry["outputs"]["7"]["layert2v_viewer"]
+    assert [e["layer"] for e in viewer][:3] == ["full", "recomposite", "background"]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
+import urllib.parse
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from comfyhost.client import PromptRejected
 from comfyhost.workflow import ui_to_api
@@ -71,7 +75,28 @@ def test_workflow_runs_and_writes_a_layer_set(comfy_server, name, k):
     assert list(folder.glob("prores/foreground_1.mov"))
     assert manifest["seed"] == 42 and manifest["prompts"]["background"]
     ui = next(iter(entry["outputs"].values()))
-    assert ui["images"] and all("layer" in img for img in ui["images"])
+    assert "images" not in ui  # the frontend's own gallery would show the film strips as broken stills
+    check_viewer_files(comfy_server, ui["layert2v_viewer"], manifest, k)
+
+
+def check_viewer_files(server, entries, manifest, k):
+    """Every film strip the viewer will ask for: served by /view, a WebP a browser decodes, holding
+    every frame of the generation at the right size."""
+    kinds = [(e["layer"], e["kind"]) for e in entries]
+    assert kinds == [("full", "opaque"), ("recomposite", "recomposite"), ("background", "opaque")] + [
+        (f"foreground_{i}", kind) for i in range(1, k + 1) for kind in ("foreground", "matte")]
+    for e in entries:
+        query = urllib.parse.urlencode({"filename": e["filename"], "subfolder": e["subfolder"], "type": e["type"]})
+        with Image.open(io.BytesIO(server.get_bytes(f"/view?{query}"))) as sheet:
+            assert sheet.format == "WEBP"
+            assert sheet.mode == ("RGBA" if e["kind"] == "foreground" else "RGB")  # WebP has no grey mode
+            if e["kind"] == "matte":
+                r, g, b = (np.asarray(c, dtype=np.int16) for c in sheet.split())
+                assert np.array_equal(r, g) and np.array_equal(g, b)  # lossless: exactly grey
+            rows = -(-e["frames"] // e["columns"])
+            assert sheet.size == (e["columns"] * e["frame_width"], rows * e["frame_height"])
+        assert e["frames"] == manifest["frame_count"] and e["fps"] == 16.0
+        assert (e["frame_width"], e["frame_height"]) == (manifest["width"], manifest["height"])  # small: not scaled
 
 
 def test_split_decode_alpha_compose_chain(comfy_server):
@@ -90,7 +115,6 @@ def test_split_decode_alpha_compose_chain(comfy_server):
     entry, status = run(comfy_server, api)
     assert status == "success", error_message(entry)
     saved = entry["outputs"]["15"]["images"]
-    from PIL import Image
     img = Image.open(comfy_server.output_dir / saved[0]["subfolder"] / saved[0]["filename"])
     assert img.mode == "RGBA" and img.size == (32, 32)
 
@@ -137,3 +161,26 @@ def test_interrupt_during_sampling_stops_and_leaves_nothing(comfy_server):
     assert new_sets(comfy_server, before) == set()
     entry, status = run(comfy_server, api_workflow(comfy_server, "layered_t2v"))
     assert status == "success", error_message(entry)
+
+
+def test_filename_tokens_expand_as_for_comfyuis_own_save_nodes(comfy_server):
+    """%year%, %width% ... as ComfyUI's SaveImage expands them (side by side in one prompt), and
+    %date:...% and %Node.widget%, which ComfyUI's frontend expands for its own save nodes, also
+    when the prompt comes through the API."""
+    api = api_workflow(comfy_server, "layered_t2v", seed=31)
+    tokens = "tok_%year%-%month%-%day%_%width%x%height%"
+    api["7"]["inputs"]["filename_prefix"] = f"%date:yyyy-MM-dd%/{tokens}_s%LayerT2VSampler.seed%"
+    api["20"] = {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 32, "batch_size": 1, "color": 0}}
+    api["21"] = {"class_type": "SaveImage", "inputs": {"images": ["20", 0], "filename_prefix": tokens}}
+    day_before = time.strftime("%Y-%m-%d")
+    entry, status = run(comfy_server, api)
+    days = {day_before, time.strftime("%Y-%m-%d")}
+    assert status == "success", error_message(entry)
+    comfy_name = entry["outputs"]["21"]["images"][0]["filename"]  # e.g. tok_2026-12-01_32x32_00001_.png
+    expanded = comfy_name.rsplit("_", 2)[0]
+    assert "%" not in expanded and "32x32" in expanded
+    folder = entry["outputs"]["7"]["layert2v_folder"][0]
+    day, name = folder.split("/")
+    assert day in days
+    assert name.startswith(f"{expanded}_s31_"), (name, expanded)
+    assert (comfy_server.output_dir / folder / "layers.json").is_file()

@@ -1,6 +1,6 @@
 """`make demo`: the bundled workflow through a real ComfyUI server, layer set copied to ./output/.
 
-Installs the ComfyUI 0.3.75 host offline on first use (.cache/comfyui), starts it on 127.0.0.1 with
+Installs the ComfyUI 0.30.0 host on first use (.cache/comfyui), starts it on 127.0.0.1 with
 this pack, runs workflows/layered_t2v.json on the built-in demo model (layert2v_core/demo_model/, a
 miniature LayerT2V trained by `make demo-model` on synthetic shapes: 64x64, 17 frames) and prints the
 files it wrote. Nothing is downloaded and no model files need to be placed in ComfyUI's folders.

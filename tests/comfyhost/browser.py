@@ -1,7 +1,9 @@
-"""Headless Debian chromium against the test server: one page load gives the DOM, console and a screenshot."""
+"""Headless Debian chromium against the test server: one page load gives the DOM, console and a
+screenshot (capture_page), or a scripted user's session with clicks (run_user_session)."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -68,3 +70,38 @@ def capture_page(url: str, screenshot: Path | None = None, *, window: tuple[int,
         raise RuntimeError(f"chromium exited with {result.returncode}:\n{result.stderr[-4000:]}")
     console = [f"{m['message']}  [{m['source']}]" for m in map(_CONSOLE_LINE.search, result.stderr.splitlines()) if m]
     return PageCapture(result.stdout, console, screenshot, time.monotonic() - started)
+
+
+# ---- a user's session in the real frontend (tests/browser/user_session.mjs, playwright-core) -------
+
+BROWSER_TESTS_DIR = Path(__file__).resolve().parents[1] / "browser"
+USER_SESSION = BROWSER_TESTS_DIR / "user_session.mjs"
+
+
+def user_session_unavailable() -> str | None:
+    """Why a scripted browser session cannot run here (None when it can)."""
+    if find_chromium() is None:
+        return "chromium is not installed (make system-deps installs it as root)"
+    if shutil.which("node") is None:
+        return "node is not installed"
+    if not (BROWSER_TESTS_DIR / "node_modules" / "playwright-core").is_dir():
+        return "playwright-core is not installed (make browser-deps: npm ci in tests/browser)"
+    return None
+
+
+def run_user_session(base_url: str, name: str, out_dir: Path, workflows: list[dict],
+                     run_timeout: float = 300.0, timeout: float = 900.0) -> dict:
+    """Runs user_session.mjs; returns its report (report["error"] says where it stopped, if it did).
+
+    workflows: [{"template": name, "sampler": {widget: value}, "foregroundCounts": [..]?,
+    "inspectViewer": bool?}, ...]; screenshots go to out_dir/<name>_*.png.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = {"url": base_url, "chromium": find_chromium(), "pack": PACK_NAME, "name": name,
+              "outDir": str(out_dir), "workflows": workflows, "runTimeoutMs": int(run_timeout * 1000)}
+    result = subprocess.run(["node", str(USER_SESSION), json.dumps(config)], cwd=BROWSER_TESTS_DIR,
+                            capture_output=True, text=True, timeout=timeout)
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        raise RuntimeError(f"user_session.mjs exited with {result.returncode}:\n{result.stderr[-4000:]}")
+    return json.loads(lines[-1])

@@ -30,6 +30,11 @@ class ComfyClient:
         """GET a path; returns parsed JSON for JSON answers, else the text."""
         return self._request("GET", path)
 
+    def get_bytes(self, path: str) -> bytes:
+        """GET a path's raw body (an image from /view, as the browser receives it)."""
+        with urllib.request.urlopen(self.base_url + path, timeout=self.request_timeout) as response:
+            return response.read()
+
     def post(self, path: str, payload=None):
         return self._request("POST", path, payload)
 

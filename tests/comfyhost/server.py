@@ -36,7 +36,8 @@ class ComfyServer(ComfyClient):
     """One ComfyUI process on 127.0.0.1 with its own base directory (models, output, user, ...)."""
 
     def __init__(self, comfy_dir: Path, base_dir: Path, pack_dir: Path = REPO_ROOT,
-                 extra_args: tuple[str, ...] = (), startup_timeout: float = 300.0):
+                 extra_args: tuple[str, ...] = (), startup_timeout: float = 300.0,
+                 front_end_root: Path | None = None):
         self.port = _free_port()
         super().__init__(f"http://127.0.0.1:{self.port}")
         self.comfy_dir = Path(comfy_dir)
@@ -44,7 +45,8 @@ class ComfyServer(ComfyClient):
         self.pack_dir = Path(pack_dir)
         self.output_dir = self.base_dir / "output"
         self.log_path = self.base_dir / "comfyui.log"
-        self.extra_args = tuple(extra_args)
+        # None: the frontend that ComfyUI pins (its pip package); else a folder with index.html
+        self.extra_args = tuple(extra_args) + (("--front-end-root", str(front_end_root)) if front_end_root else ())
         self.startup_timeout = startup_timeout
         self.startup_seconds: float | None = None  # process start -> first /object_info answer
         self._process: subprocess.Popen | None = None

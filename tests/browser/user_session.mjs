@@ -1,0 +1,181 @@
+// One artist's session in the real ComfyUI frontend, driven in Debian's chromium by playwright-core:
+// for each workflow: open it from the pack's templates, (change the number of foregrounds), press Run,
+// wait for the layer viewers; on one of them scrub every frame, toggle the matte, play. Prints one JSON report line
+// (the last line of stdout) that tests/test_browser_viewer.py asserts on; screenshots go to outDir.
+//
+//   node user_session.mjs '<json config>'     (see tests/comfyhost/browser.py: run_user_session)
+import { chromium } from "playwright-core";
+
+const config = JSON.parse(process.argv[2]);
+const report = { steps: [], consoleErrors: [], failedRequests: [], screenshots: [] };
+const shot = async (target, name) => {
+  const path = `${config.outDir}/${config.name}_${name}.png`;
+  await target.screenshot({ path });
+  report.screenshots.push(path);
+};
+
+const browser = await chromium.launch({
+  executablePath: config.chromium,
+  // As root chromium needs --no-sandbox; the rest keeps it off the (closed) network but for loopback.
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"],
+});
+try {
+  const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
+  page.on("console", (m) => { if (m.type() === "error") report.consoleErrors.push(m.text().slice(0, 400)); });
+  page.on("response", (r) => {
+    if (r.status() >= 400 && r.url().startsWith(config.url)) report.failedRequests.push(`${r.status()} ${r.url()}`);
+  });
+  report.workflows = [];
+  for (const workflow of config.workflows) {
+    const result = { template: workflow.template };
+    report.workflows.push(result);
+    await openTemplate(page, workflow.template, result);
+    if (workflow.foregroundCounts) await changeForegrounds(page, workflow.foregroundCounts, result);
+    result.viewers = await runFromUI(page, workflow.sampler);
+    if (workflow.inspectViewer) await inspectViewer(page, result);
+  }
+  // Nothing else on the page shows our files (the frontend's own gallery would, as broken stills).
+  report.otherViewImages = await page.evaluate(() => [...document.querySelectorAll("img")]
+    .filter((img) => img.src.includes("/view?") && !img.classList.contains("layert2v-strip")).map((img) => img.src));
+  report.ok = true;
+} catch (error) {
+  report.error = String(error?.stack ?? error).slice(0, 3000);
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(report));
+
+async function openTemplate(page, template, result) {
+  // The frontend's own template loading (?template=...&source=<pack>), as a shared link would.
+  await page.goto(`${config.url}/?template=${template}&source=${config.pack}`);
+  await page.waitForFunction(() => window.app?.graph?.nodes?.some((n) => n.type === "LayerT2VSaveLayers"),
+    null, { timeout: 120000 });
+  await page.waitForTimeout(1000);
+  result.nodeTypes = await page.evaluate(() => window.app.graph.nodes.map((n) => n.type));
+  result.vueNodes = await page.evaluate(() => !!document.querySelector("[data-node-id]"));
+  await focusNode(page, "LayerT2VPrompts");
+  result.initialBoxes = await visiblePromptBoxes(page);
+  result.initialForegrounds = await page.evaluate(() => window.app.graph.nodes.find((n) => n.type === "LayerT2VPrompts")
+    .widgets.find((w) => w.name === "num_foregrounds").value);
+}
+
+async function changeForegrounds(page, counts, result) {
+  result.steps = [];
+  for (const count of counts) {
+    await setWidget(page, "LayerT2VPrompts", "num_foregrounds", count);
+    await page.waitForTimeout(400);
+    result.steps.push({ foregrounds: count, visibleBoxes: await visiblePromptBoxes(page) });
+  }
+  await shot(page, "prompts");
+}
+
+async function runFromUI(page, sampler) {
+  // Small sampler settings keep the CPU run short; then the Run button, as a user queues.
+  for (const [name, value] of Object.entries(sampler)) await setWidget(page, "LayerT2VSampler", name, value);
+  const saveNodes = await page.evaluate(() => window.app.graph.nodes.filter((n) => n.type === "LayerT2VSaveLayers").length);
+  await page.evaluate(() => { for (const v of document.querySelectorAll(".layert2v-viewer")) v.dataset.state = "stale"; });
+  await page.getByRole("button", { name: "Run", exact: true }).first().click();
+  await page.waitForFunction((count) => document.querySelectorAll(".layert2v-viewer[data-state=ready]").length >= count
+    || document.querySelector(".layert2v-viewer[data-state=error]"), saveNodes, { timeout: config.runTimeoutMs });
+  return page.evaluate(() => [...document.querySelectorAll(".layert2v-viewer")].map((root) => ({
+    state: root.dataset.state,
+    strips: [...root.querySelectorAll("img.layert2v-strip")].map((img) => ({
+      src: img.src, complete: img.complete, naturalWidth: img.naturalWidth, naturalHeight: img.naturalHeight })),
+  })));
+}
+
+async function inspectViewer(page, result) {
+  await focusNode(page, "LayerT2VSaveLayers");
+  await page.waitForTimeout(800);
+  const viewer = page.locator(".layert2v-viewer[data-state=ready]").first();
+  result.viewerLayers = await page.evaluate(() => document.documentElement.dataset.layert2vViewerLayers);
+
+  // Every frame drawn when scrubbed to (opaque layers fully covered).
+  await viewer.locator("button.layert2v-play").click(); // pause
+  const frames = Number(await viewer.locator("input.layert2v-scrubber").getAttribute("max")) + 1;
+  result.frames = frames;
+  result.blankFrames = [];
+  for (let f = 0; f < frames; f++) {
+    await viewer.locator("input.layert2v-scrubber").fill(String(f));
+    const drawn = await viewer.evaluate((root) => [...root.querySelectorAll("canvas")].map((c) => {
+      const { data } = c.getContext("2d").getImageData(0, 0, c.width, c.height);
+      let alpha = 0;
+      for (let i = 3; i < data.length; i += 4) alpha += data[i];
+      return { layer: c.dataset.layer, frame: Number(root.dataset.frame), meanAlpha: alpha / (data.length / 4) };
+    }));
+    for (const d of drawn) {
+      if (d.frame !== f || (!d.layer.startsWith("foreground") && d.meanAlpha < 250)) result.blankFrames.push({ f, ...d });
+    }
+    if (f === Math.floor(frames / 2)) {
+      await shot(viewer, "viewer_paused");
+      // The whole node as it sits on the canvas (focusNode put its top left corner near 80, 120).
+      const box = await viewer.boundingBox();
+      const clip = { x: Math.max(0, box.x - 30), y: 50, width: box.width + 60, height: Math.min(950, box.y + box.height - 20) };
+      await page.screenshot({ path: `${config.outDir}/${config.name}_node_paused.png`, clip });
+      report.screenshots.push(`${config.outDir}/${config.name}_node_paused.png`);
+    }
+  }
+
+  // Alpha matte toggle: foreground tiles turn grey (r = g = b everywhere).
+  await viewer.locator("input.layert2v-matte-toggle").check();
+  result.matte = await viewer.evaluate((root) => {
+    const grey = [...root.querySelectorAll("canvas")].filter((c) => c.dataset.layer.startsWith("foreground")).map((c) => {
+      const { data } = c.getContext("2d").getImageData(0, 0, c.width, c.height);
+      for (let i = 0; i < data.length; i += 4) if (data[i] !== data[i + 1] || data[i + 1] !== data[i + 2]) return false;
+      return true;
+    });
+    return { flag: root.dataset.matte, foregroundTilesGrey: grey };
+  });
+  await shot(viewer, "viewer_matte");
+  await viewer.locator("input.layert2v-matte-toggle").uncheck();
+
+  // Play: the shown frame advances at about the generation's fps.
+  await viewer.locator("button.layert2v-play").click();
+  const samples = [];
+  const started = Date.now();
+  while (Date.now() - started < 1500) {
+    samples.push({ ms: Date.now() - started, frame: Number(await viewer.evaluate((root) => root.dataset.frame)) });
+    await page.waitForTimeout(50);
+  }
+  result.playback = { fps: await viewer.evaluate((root) => Number(root.dataset.fps)), samples };
+  await shot(viewer, "viewer_playing");
+  await shot(page, "page");
+
+}
+
+async function focusNode(page, type) {
+  // What a user does with scroll and zoom: bring the node to the top left at 100 %.
+  await page.evaluate((type) => {
+    const node = window.app.graph.nodes.find((n) => n.type === type);
+    const canvas = window.app.canvas;
+    canvas.ds.scale = 1;
+    canvas.ds.offset = [-node.pos[0] + 80, -node.pos[1] + 120];
+    canvas.setDirty(true, true);
+  }, type);
+  await page.waitForTimeout(500);
+}
+
+async function setWidget(page, type, name, value) {
+  // The widget's own value + callback path, as the frontend runs it when a user edits the field.
+  await page.evaluate(([type, name, value]) => {
+    for (const node of window.app.graph.nodes.filter((n) => n.type === type)) {
+      const widget = node.widgets.find((w) => w.name === name);
+      widget.value = value;
+      widget.callback?.(value, window.app.canvas, node);
+    }
+    window.app.graph.setDirtyCanvas(true, true);
+  }, [type, name, value]);
+}
+
+async function visiblePromptBoxes(page) {
+  return page.evaluate(() => {
+    const visible = (el) => el.checkVisibility({ checkVisibilityCSS: true, checkOpacity: true })
+      && el.getBoundingClientRect().height > 0;
+    // The classic canvas names a box by its placeholder, Nodes 2.0 by a label in the widget's row.
+    const names = [...document.querySelectorAll("textarea")].filter(visible).map((box) => box.placeholder
+      || box.closest("[data-testid=node-widget]")?.querySelector("[data-testid=widget-layout-field-label]")?.textContent
+      || box.closest("[data-testid=node-widget]")?.textContent.trim().split(/\s/)[0]);
+    return [1, 2, 3].filter((k) => names.includes(`foreground_${k}`)).length;
+  });
+}

@@ -1,0 +1,114 @@
+"""The pack as an artist uses it: the real ComfyUI 0.30.0 frontend in Debian's chromium, driven by a
+script that clicks (tests/browser/user_session.mjs, playwright-core from npm).
+
+Frontends: 1.47.12 (pinned by ComfyUI 0.30.0) and 1.58.1 (newest on PyPI, --front-end-root), each
+with the classic canvas and with "Nodes 2.0". Screenshots land in test-output/ for people to look at;
+docs/layer_viewer.png in the README is the pinned/classic one (demo model, 17 frames).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from comfyhost.browser import run_user_session, user_session_unavailable
+
+WORKFLOWS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "workflows").glob("*.json"))
+QUICK = {"frames": 5, "steps": 2}  # enough to check the UI; the demo model needs ~20 steps to look right
+TWO_FOREGROUNDS = "layered_t2v_two_foregrounds"
+EXPECTED_TILES = "full,recomposite,background,foreground_1,foreground_2"
+_seed = iter(range(1000, 2000))  # a new seed each run: ComfyUI would answer a repeated prompt from its cache
+
+
+@pytest.fixture(autouse=True)
+def _browser_available():
+    reason = user_session_unavailable()
+    if reason:
+        pytest.skip(reason)
+
+
+def use_renderer(server, nodes_2: bool) -> None:
+    """The frontend's own setting for the "Nodes 2.0" (Vue) renderer; read at page load."""
+    server.post("/settings/Comfy.VueNodes.Enabled", nodes_2)
+
+
+def session(server, name, workflows, test_output_dir, nodes_2=False) -> dict:
+    use_renderer(server, nodes_2)
+    try:
+        report = run_user_session(server.base_url, name, test_output_dir / "browser", workflows)
+    finally:
+        use_renderer(server, False)
+    (test_output_dir / "browser" / f"{name}_report.json").write_text(json.dumps(report, indent=1))
+    assert not report.get("error"), f"the session stopped: {report['error']}"
+    ours = [r for r in report["failedRequests"] if "/view?" in r or "/extensions/layert2v" in r]
+    assert not ours, ours
+    assert not [m for m in report["consoleErrors"] if "layert2v" in m.lower()], report["consoleErrors"]
+    assert report["otherViewImages"] == [], "the frontend's own gallery shows our files as well"
+    return report
+
+
+def check_viewers_decoded(result: dict) -> None:
+    assert result["viewers"], "no layer viewer appeared"
+    for viewer in result["viewers"]:
+        assert viewer["state"] == "ready", viewer
+        assert viewer["strips"], viewer
+        for strip in viewer["strips"]:
+            assert strip["complete"] and strip["naturalWidth"] > 0 and strip["naturalHeight"] > 0, strip
+
+
+def check_prompt_boxes_follow(result: dict) -> None:
+    assert result["initialBoxes"] == result["initialForegrounds"], result
+    for step in result.get("steps", []):
+        assert step["visibleBoxes"] == step["foregrounds"], result["steps"]
+
+
+def check_viewer_plays(result: dict) -> None:
+    assert result["viewerLayers"] == EXPECTED_TILES
+    assert result["blankFrames"] == [], result["blankFrames"][:5]
+    assert result["matte"]["flag"] == "true" and result["matte"]["foregroundTilesGrey"] == [True, True], result["matte"]
+    frames, samples, fps = result["frames"], result["playback"]["samples"], result["playback"]["fps"]
+    advanced = sum((b["frame"] - a["frame"]) % frames for a, b in zip(samples, samples[1:]))
+    seconds = (samples[-1]["ms"] - samples[0]["ms"]) / 1000
+    assert len({s["frame"] for s in samples}) >= 3, samples
+    # The clock runs at the generation's fps; the wide band allows for a loaded 2-core machine.
+    assert 0.5 * fps <= advanced / seconds <= 1.5 * fps, (advanced, seconds, fps)
+
+
+def viewer_session(server, name, test_output_dir, nodes_2, sampler) -> None:
+    workflow = {"template": TWO_FOREGROUNDS, "foregroundCounts": [1, 3, 2], "inspectViewer": True,
+                "sampler": {**sampler, "seed": next(_seed)}}
+    report = session(server, name, [workflow], test_output_dir, nodes_2)
+    result = report["workflows"][0]
+    assert result["vueNodes"] == nodes_2
+    check_prompt_boxes_follow(result)
+    check_viewers_decoded(result)
+    check_viewer_plays(result)
+
+
+def test_viewer_pinned_frontend_classic(comfy_server, test_output_dir):
+    # The README's screenshot: the demo model's 17 frames, with fewer steps than the workflow's 20.
+    viewer_session(comfy_server, "frontend-1.47.12_classic", test_output_dir, False, {"frames": 17, "steps": 8})
+
+
+def test_viewer_pinned_frontend_nodes_2(comfy_server, test_output_dir):
+    viewer_session(comfy_server, "frontend-1.47.12_nodes2", test_output_dir, True, QUICK)
+
+
+def test_viewer_newest_frontend_classic(comfy_server_newest_frontend, test_output_dir):
+    viewer_session(comfy_server_newest_frontend, "frontend-1.58.1_classic", test_output_dir, False, QUICK)
+
+
+def test_viewer_newest_frontend_nodes_2(comfy_server_newest_frontend, test_output_dir):
+    viewer_session(comfy_server_newest_frontend, "frontend-1.58.1_nodes2", test_output_dir, True, QUICK)
+
+
+def test_every_bundled_workflow_opens_runs_and_shows_its_layers(comfy_server, test_output_dir):
+    workflows = [{"template": name, "sampler": {**QUICK, "seed": next(_seed)}} for name in WORKFLOWS]
+    report = session(comfy_server, "all-workflows", workflows, test_output_dir)
+    assert [r["template"] for r in report["workflows"]] == WORKFLOWS
+    for result in report["workflows"]:
+        assert "LayerT2VSaveLayers" in result["nodeTypes"], result
+        check_prompt_boxes_follow(result)
+        check_viewers_decoded(result)
