@@ -193,7 +193,7 @@ def test_bad_speed_options_name_the_parameter(bad, match):
 
 # ---- attention backend -------------------------------------------------------------------------------
 def test_attention_backends_agree_on_the_routed_forward(pipe):
-    """K=2 layout (routed cross-attention, several groups): each kernel that runs here gives the same velocity."""
+    """Routed cross-attention (K=1: three routing groups): each kernel that runs here gives the same velocity."""
     from layert2v_core.attention_backend import BACKENDS, available_backends, set_attention_backend
     from layert2v_core.pipeline import encode_conditioning
 
