@@ -145,16 +145,15 @@ def test_partial_adapter_is_refused_with_counts(two_blocks, thirty_blocks):
 
 
 # ---- mask VAE -------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def mask_files(tmp_path_factory, two_blocks):
-    """The VAE file (original names) and their mask_vae_lora.pt in the two-block folder."""
-    _, folder, _, _ = two_blocks
-    vae = build_tiny_vae(seed=4, narrow_wan21=True)
-    vae_file = tmp_path_factory.mktemp("vae") / "wan_2.1_vae.safetensors"
-    save_file({vae_key_to_original(k): v for k, v in vae.state_dict().items()}, str(vae_file),
-              metadata={"diffusers_config": json.dumps({k: v for k, v in dict(vae.config).items() if not k.startswith("_")})})
+def write_vae_and_mask_lora(root, folder):
+    """ComfyUI's VAE file (original names) and their mask_vae_lora.pt (LoRA on every causal conv of the
+    decoder and on conv2) in `folder`."""
     from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
+    vae = build_tiny_vae(seed=4, narrow_wan21=True)
+    vae_file = root / "wan_2.1_vae_narrow.safetensors"
+    save_file({vae_key_to_original(k): v for k, v in vae.state_dict().items()}, str(vae_file),
+              metadata={"diffusers_config": json.dumps({k: v for k, v in dict(vae.config).items() if not k.startswith("_")})})
     g = torch.Generator().manual_seed(11)
     convs = {f"decoder.{n}": m for n, m in vae.decoder.named_modules() if isinstance(m, WanCausalConv3d)}
     convs["post_quant_conv"] = vae.post_quant_conv
@@ -166,6 +165,13 @@ def mask_files(tmp_path_factory, two_blocks):
         decoder_lora[f"model.{original}.lora_up.weight"] = torch.randn(
             conv.out_channels, MASK_RANK, 1, 1, 1, generator=g) * 0.1
     write_mask_vae_lora(folder / "mask_vae_lora.pt", decoder_lora, MASK_RANK, MASK_ALPHA)
+    return vae, vae_file, decoder_lora
+
+
+@pytest.fixture(scope="module")
+def mask_files(tmp_path_factory, two_blocks):
+    _, folder, _, _ = two_blocks
+    vae, vae_file, decoder_lora = write_vae_and_mask_lora(tmp_path_factory.mktemp("vae"), folder)
     return vae, vae_file, folder, decoder_lora
 
 
