@@ -10,6 +10,7 @@ the objects apart).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import torch
@@ -23,32 +24,104 @@ class Keyframe:
     box: tuple[float, float, float, float]  # x0, y0, x1, y1, normalized to [0, 1]
 
 
+MAX_TRAJECTORY_CHARS = 200_000   # a hand-written or generated path is a few KB
+MAX_KEYFRAMES = 10_000            # per foreground
+MAX_KEYFRAME_FRAME = 100_000      # far beyond any clip; rejects 1e300 and friends
+_MAX_NESTING = 3                  # {"1": [[frame, x0, y0, x1, y1]]}
+FORMAT_HINT = '{"1": [[frame, x0, y0, x1, y1], ...]}'
+
+
+def _nesting_depth(text: str) -> int:
+    """Deepest bracket nesting outside strings, found without building anything (a 100,000-deep
+    document must be refused before json.loads recurses into it)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"trajectories: {name} is not a usable number; give finite numbers only")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def parse_trajectories(text: str, num_foregrounds: int) -> dict[int, list[Keyframe]]:
     """JSON {"1": [[frame, x0, y0, x1, y1], ...], "2": [...]} -> keyframes per foreground index.
 
-    Raises ValueError naming the foreground and keyframe that is wrong."""
+    Raises ValueError naming the foreground and keyframe that is wrong. Bounded before parsing
+    (length, nesting), so no text makes it recurse, overflow or allocate without limit."""
+    if not isinstance(text, str):
+        raise ValueError(f"trajectories: expected JSON text, got {type(text).__name__}")
+    if len(text) > MAX_TRAJECTORY_CHARS:
+        raise ValueError(f"trajectories: {len(text):,} characters is more than the {MAX_TRAJECTORY_CHARS:,} allowed; "
+                         f"give fewer keyframes ({FORMAT_HINT})")
+    if _nesting_depth(text) > _MAX_NESTING:
+        raise ValueError(f"trajectories: nested {_nesting_depth(text)} levels deep; the format is {FORMAT_HINT} "
+                         f"(3 levels)")
     try:
-        raw = json.loads(text) if text.strip() else {}
+        raw = json.loads(text, parse_constant=_reject_constant) if text.strip() else {}
     except json.JSONDecodeError as err:
-        raise ValueError(f"trajectories: not valid JSON ({err}); expected {{\"1\": [[frame, x0, y0, x1, y1], ...]}}") from None
+        raise ValueError(f"trajectories: not valid JSON ({err}); expected {FORMAT_HINT}") from None
+    except ValueError as err:  # _reject_constant, or an integer with thousands of digits
+        message = str(err) if str(err).startswith("trajectories:") else f"trajectories: a number is out of range ({err})"
+        raise ValueError(message) from None
     if not isinstance(raw, dict):
-        raise ValueError("trajectories: expected an object mapping foreground index to a list of keyframes")
+        raise ValueError(f"trajectories: expected an object mapping foreground index to a list of keyframes, {FORMAT_HINT}")
     out = {}
     for key, frames in raw.items():
-        if not str(key).isdigit() or not 1 <= int(key) <= num_foregrounds:
+        index = int(key) if key.isascii() and key.isdigit() and len(key) < 4 else None
+        if index is None or not 1 <= index <= num_foregrounds:
             raise ValueError(f"trajectories: foreground {key!r} is not valid; use 1..{num_foregrounds}")
+        if index in out:
+            raise ValueError(f"trajectories: foreground {index} is given twice ({key!r}); give each foreground once")
         if not isinstance(frames, list) or not frames:
             raise ValueError(f"trajectories[{key}]: give a non-empty list of [frame, x0, y0, x1, y1]")
+        if len(frames) > MAX_KEYFRAMES:
+            raise ValueError(f"trajectories[{key}]: {len(frames):,} keyframes; at most {MAX_KEYFRAMES:,}")
         keys = []
         for entry in frames:
-            if not (isinstance(entry, list) and len(entry) == 5 and all(isinstance(v, (int, float)) for v in entry)):
-                raise ValueError(f"trajectories[{key}]: {entry!r} is not [frame, x0, y0, x1, y1]")
+            if not (isinstance(entry, list) and len(entry) == 5 and all(_is_number(v) for v in entry)):
+                raise ValueError(f"trajectories[{key}]: {_short(entry)} is not [frame, x0, y0, x1, y1] of finite numbers")
             frame, x0, y0, x1, y1 = entry
+            if frame != int(frame) or not 0 <= frame <= MAX_KEYFRAME_FRAME:
+                raise ValueError(f"trajectories[{key}]: frame {_short(frame)} must be a whole number in "
+                                 f"0..{MAX_KEYFRAME_FRAME:,} (the clip's frame index)")
             if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
-                raise ValueError(f"trajectories[{key}]: box {entry[1:]} must satisfy 0 <= x0 < x1 <= 1, 0 <= y0 < y1 <= 1")
+                raise ValueError(f"trajectories[{key}]: box {_short(entry[1:])} must satisfy 0 <= x0 < x1 <= 1, 0 <= y0 < y1 <= 1")
             keys.append(Keyframe(int(frame), (float(x0), float(y0), float(x1), float(y1))))
-        out[int(key)] = sorted(keys, key=lambda k: k.frame)
+        out[index] = sorted(keys, key=lambda k: k.frame)
     return out
+
+
+def check_foregrounds(keyframes: dict[int, list[Keyframe]], layout: LayerLayout) -> None:
+    """Boxes only for foregrounds this generation has (reported on the trajectory, not the sampler)."""
+    extra = sorted(k for k in keyframes if k > layout.num_foregrounds)
+    if extra:
+        raise ValueError(f"trajectory input has boxes for foreground {', '.join(map(str, extra))} but this generation "
+                         f"has {layout.num_foregrounds} foreground(s); give boxes for 1..{layout.num_foregrounds} only, "
+                         "or generate more foregrounds")
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def interpolate_boxes(keyframes: list[Keyframe], num_frames: int) -> torch.Tensor:

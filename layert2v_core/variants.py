@@ -17,7 +17,7 @@ import torch
 from .layout import BACKGROUND, FOREGROUND, FULL, MASK, LayerLayout, LayoutError
 from .pipeline import LayerConditioning, LayerFrames, LayerT2VPipeline
 from .sampler import SamplerConfig, StepState
-from .trajectory import Keyframe, TrajectoryGuidance, trajectory_targets
+from .trajectory import Keyframe, TrajectoryGuidance, check_foregrounds, trajectory_targets
 
 VARIANTS = {
     "decompose": "a given full video -> background, foreground(s) and alpha",
@@ -51,10 +51,20 @@ class GivenLayers:
         for k, frames in self.foregrounds.items():
             if k not in self.alphas:
                 raise ValueError(f"foreground {k} is given without its alpha; give both (an RGBA clip)")
+            if tuple(frames.shape[:3]) != tuple(self.alphas[k].shape):
+                raise ValueError(f"given foreground {k} is {frames_text(frames.shape[:3])} but its alpha is "
+                                 f"{frames_text(self.alphas[k].shape)}; give a foreground and alpha of the same "
+                                 "frame count and size")
             premult = frames if self.foreground_is == "premultiplied" else frames * self.alphas[k][..., None]
             rgb[f"{FOREGROUND}_{k}"] = premult
         alpha = {f"{MASK}_{k}": a for k, a in self.alphas.items()}
         return rgb, alpha
+
+
+def frames_text(shape) -> str:
+    """(frames, height, width, ...) -> '17 frame(s) of 64x48', for messages."""
+    frames, height, width = tuple(shape)[:3]
+    return f"{frames} frame(s) of {width}x{height}"
 
 
 def check_frames(name: str, frames: torch.Tensor, layout: LayerLayout, channels: Optional[int]) -> None:
@@ -71,6 +81,11 @@ def check_frames(name: str, frames: torch.Tensor, layout: LayerLayout, channels:
 def encode_given(pipe: LayerT2VPipeline, layout: LayerLayout, given: GivenLayers) -> dict[str, torch.Tensor]:
     """Clean latents per given segment, ready for the sampler."""
     rgb, alpha = given.segment_frames()
+    extra = sorted({k for k in list(given.foregrounds) + list(given.alphas) if k > layout.num_foregrounds})
+    if extra:
+        raise ValueError(f"given input has foreground {', '.join(map(str, extra))} but this generation has "
+                         f"{layout.num_foregrounds} foreground(s); give foreground_index 1..{layout.num_foregrounds}, "
+                         "or generate more foregrounds")
     latents = {}
     for name, frames in rgb.items():
         layout.segment(name)  # names a foreground index the layout does not have
@@ -95,6 +110,8 @@ def sample_layers(
     callback: Optional[Callable[[StepState], None]] = None,
 ) -> torch.Tensor:
     """One joint pass with optional given layers and per-foreground trajectories -> normalized latent."""
+    if trajectories:  # before any encoding: a cheap refusal first
+        check_foregrounds(trajectories, layout)
     given_latents = encode_given(pipe, layout, given) if given is not None and not given.is_empty() else None
     guidance = None
     if trajectories:

@@ -9,9 +9,9 @@ from comfy_api.latest import io
 
 from layert2v_core.sampler import GIVEN_MODES
 from layert2v_core.trajectory import parse_trajectories
-from layert2v_core.variants import GivenLayers
+from layert2v_core.variants import GivenLayers, frames_text
 
-from .errors import LayerT2VInputError, check_finite, readable_errors
+from .errors import LayerT2VInputError, check_finite, readable_errors, refuse
 from .types import CATEGORY, LayerVAE
 
 LayerGiven = io.Custom("LAYERT2V_GIVEN")
@@ -91,8 +91,11 @@ class GivenLayersNode(io.ComfyNode):
         if (foreground is None) != (alpha is None):
             raise LayerT2VInputError(f"{node}: give `foreground` and `alpha` together (an RGBA clip), or neither")
         if foreground is not None:
-            layers.foregrounds[foreground_index] = as_rgb(foreground, "foreground", node)
-            layers.alphas[foreground_index] = as_alpha(alpha, node)
+            rgb, a = as_rgb(foreground, "foreground", node), as_alpha(alpha, node)
+            if tuple(rgb.shape[:3]) != tuple(a.shape):
+                raise refuse(node, "foreground and alpha", f"differ: foreground {frames_text(rgb.shape)}, alpha "
+                             f"{frames_text(a.shape)}", "give an alpha with the same frame count and size as the foreground")
+            layers.foregrounds[foreground_index], layers.alphas[foreground_index] = rgb, a
         if layers.is_empty():
             raise LayerT2VInputError(f"{node}: connect at least one of full, background, or foreground + alpha")
         return io.NodeOutput(GivenInput(layers=layers, mode=mode, layer_vae=layert2v_vae))
@@ -120,6 +123,9 @@ class TrajectoryNode(io.ComfyNode):
 
     @classmethod
     def execute(cls, layert2v_vae, boxes_json, strength, end_step) -> io.NodeOutput:
-        with readable_errors("LayerT2V Trajectories"):
+        node = "LayerT2V Trajectories"
+        if not 0.0 <= strength <= 1.0:  # NaN passes ComfyUI's min/max check
+            raise refuse(node, "strength", f"is {strength}", "give a number from 0 to 1")
+        with readable_errors(node, what="boxes_json"):
             keyframes = parse_trajectories(boxes_json, MAX_FOREGROUND_INDEX)
         return io.NodeOutput(TrajectoryInput(keyframes, strength, end_step, layert2v_vae))

@@ -9,7 +9,7 @@ from layert2v_core.export import composite_over, to_premultiplied, to_straight
 from layert2v_core.layout import BACKGROUND, FOREGROUND, FULL, LATENT_CHANNELS, MASK, LayerLayout, LayoutError
 from layert2v_core.pipeline import LayerT2VPipeline
 
-from .errors import LayerT2VInputError, check_finite, readable_errors
+from .errors import LayerT2VInputError, check_finite, readable_errors, refuse
 from .sampling import GENERATION_KEY, LAYOUT_KEY
 from .types import CATEGORY, LayerSet, LayerVAE
 
@@ -67,6 +67,11 @@ class SplitLayers(io.ComfyNode):
 
 def decode_all(layer_vae, latent: dict, node: str):
     layout = layout_of(latent, node)
+    batch = latent["samples"].shape[0]
+    if batch != 1:  # one LayerFrames holds one generation: refuse rather than keep only the first
+        raise refuse(node, "layered_latent", f"holds a batch of {batch} generations (e.g. from Latent Batch)",
+                     "decode each generation with its own Decode Layers node, or use Split Layers + VAE Decode, "
+                     "which decode whole batches")
     pipe = LayerT2VPipeline(dit=None, vae=layer_vae.vae, mask_vae=layer_vae.mask_vae)
     with torch.no_grad(), readable_errors(node):
         layers = pipe.decode(layer_vae.to_normalized(latent["samples"].float()), layout)
@@ -143,7 +148,8 @@ class DecodeAlpha(io.ComfyNode):
                                      f"(1, {layert2v_vae.mask_vae.z_dim}, T, h, w) from Split Layers; got {shape}")
         with torch.no_grad(), readable_errors("LayerT2V Decode Alpha"):
             alpha = layert2v_vae.mask_vae.decode_alpha(layert2v_vae.to_normalized(samples.float()))
-        return io.NodeOutput(alpha[0, 0])
+        # A batch comes back whole, generation after generation along the frames (as VAE Decode does).
+        return io.NodeOutput(alpha.reshape(-1, *alpha.shape[-2:]))
 
 
 def check_image_and_mask(node: str, image: torch.Tensor, mask: torch.Tensor, image_name: str = "foreground",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from layert2v_core.pipeline import LayerPrompts, encode_conditioning
+from layert2v_core.text import check_prompt_text
 
 from .errors import LayerT2VInputError, readable_errors
 from .types import CATEGORY, LayerConditioning as LayerConditioningType, LayerTextEncoder
@@ -53,6 +54,8 @@ class LayerPromptsNode(io.ComfyNode):
         prompts = LayerPrompts(full=full, background=background, foregrounds=foregrounds, negative=negative or "")
         with readable_errors("LayerT2V Layer Prompts"):
             prompts.validate()
+            for slot, text in {**prompts.slots(), "negative": prompts.negative}.items():
+                check_prompt_text(slot, text)  # before either encoder: ComfyUI's tokenizer fails the same way
             if (clip is None) == (text_encoder is None):
                 raise LayerT2VInputError(
                     "LayerT2V Layer Prompts: connect exactly one text encoder: `clip` (ComfyUI CLIPLoader, "

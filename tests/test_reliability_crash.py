@@ -84,6 +84,8 @@ def test_kill_9_during_export_leaves_no_file_under_a_final_name(tmp_path):
                              {"foreground_1": clip.alpha}, fps=16, formats=["png8", "prores"], name="killed")
     assert [p.name for p in final_entries(out)] == [result.path.name] == ["killed_00001_"]
     load_layer_set(result.path)  # validates every file the manifest lists
+    # The dead writers' leftovers went with the next export into the same folder (issue 17).
+    assert [p.name for p in out.iterdir() if ".partial-" in p.name] == [], sorted(p.name for p in out.iterdir())
 
 
 TRAIN_SCRIPT = r"""
