@@ -41,6 +41,16 @@ def clean_prompt(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+def check_prompt_text(slot: str, text: str) -> None:
+    """Refuse text no tokenizer can read: a lone surrogate (half of an emoji's UTF-16 pair, left by a
+    broken copy-paste or a JSON escape such as "\\ud83d") has no UTF-8 form."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"prompt {slot!r} has a broken character at position {err.start} ({text[err.start]!r}, half "
+                         "of an emoji or other character lost in copy-paste); delete or retype it") from None
+
+
 def fit_text_len(context: torch.Tensor, text_len: int) -> torch.Tensor:
     """(..., L, dim) padded context -> (..., text_len, dim): the length the DiT was trained with.
 
@@ -222,6 +232,7 @@ def encode_layer_prompts(
             raise ValueError(f"prompt {slot!r} must be a string or an (L, dim) tensor, got {type(value).__name__}")
         if encoder is None:
             raise ValueError(f"prompt {slot!r} is text but no TextEncoder was given to encode it")
+        check_prompt_text(slot, value)
         return encoder.encode(value)
 
     def embed(slot: str, value) -> torch.Tensor:
