@@ -1,16 +1,28 @@
-"""Reader for the VidLayer layout: one folder per sample.
+"""Reader for VidLayer, the authors' published dataset, in the layouts their loader reads.
+
+Folder layout (one folder per sample; the published set groups them by source, e.g.
+VIDGEN/, GOT-10K/, Youtube-VOS/, MOSEv1/, MOSEv2/, so a root may hold sample folders or source folders):
 
     sample/
       metadata.json      {"captions": {"full": ..., "background": ..., "foreground": ...,
-                                       "foreground_2": ..., ...}, "num_foregrounds": K, ...}
-      full_video.mp4     the composited video
-      background.mp4     the clean background
-      mask.mp4           alpha of foreground 1 (white = opaque)
+                                       "foreground_2": ..., ...}, "paths": {...} (optional)}
+      full_video.mp4     the original (composited) clip          or metadata paths.full_video
+      background.mp4     the clean background clip                or metadata paths.background_video
+      mask.mp4           alpha of foreground 1 (white = opaque)   or metadata paths.mask_video
       mask_2.mp4 ...     alpha of foreground k >= 2 (multi-subject samples; this project's convention)
+      foreground.mp4     optional foreground clip                 or metadata paths.foreground_video
 
-Also accepted: `captions.foreground` as a list (one caption per foreground), and the authors'
-`paths: {full_video, background_video, mask_video}` entries for files stored elsewhere. The foreground
-RGB is never read from disk: it is built as full * mask (premultiplied on black), as the paper does.
+JSONL layout (their loader's other branch): one record per line,
+
+    {"vid": <original clip>, "entry": {"pha_video_path": <mask>, "bg_path": <background>,
+     "fgr_path": <optional foreground clip>}, "overall_description": ..., "foreground_prompt": ...,
+     "background_prompt": ...}
+
+relative paths resolve against the JSONL file's folder. `captions.foreground` may also be a list
+(one caption per foreground). The foreground RGB is always built as full * mask (premultiplied on
+black), as the paper and their loader do; an optional foreground clip is accepted and recorded, not
+needed. Their loader fills missing captions with "A video." / "An object." / "A background."; this
+one refuses them instead: every error is one line naming the sample and the missing field.
 """
 
 from __future__ import annotations
@@ -28,6 +40,8 @@ from .video_io import count_frames, read_frames
 METADATA_FILE = "metadata.json"
 FULL_FILE = "full_video.mp4"
 BACKGROUND_FILE = "background.mp4"
+FOREGROUND_FILE = "foreground.mp4"
+SOURCES = ("VIDGEN", "GOT-10K", "Youtube-VOS", "MOSEv1", "MOSEv2")   # the dataset card's groups (informative)
 
 
 def mask_file_name(k: int) -> str:
@@ -44,6 +58,8 @@ class SampleInfo:
     full_caption: str
     background_caption: str
     foreground_captions: tuple[str, ...]
+    foreground: Path | None = None    # the optional foreground clip (recorded; FG is built as full * mask)
+    source: str = ""                  # VIDGEN, GOT-10K, ... when the root groups samples by source
 
     @property
     def num_foregrounds(self) -> int:
@@ -60,20 +76,44 @@ class VidLayerFormatError(ValueError):
     pass
 
 
-def read_sample_info(folder: str | Path) -> SampleInfo:
+def _fail(sample: str, problem: str) -> VidLayerFormatError:
+    return VidLayerFormatError(f"VidLayer sample {sample}: {problem}")
+
+
+def _caption(value, sample: str, field: str) -> str:
+    if isinstance(value, str) and value.strip():
+        return value
+    found = "missing" if value is None else f"empty or not text ({value!r:.40})"
+    raise _fail(sample, f"field {field!r} is {found}; every layer needs its caption")
+
+
+def _existing(path: Path, sample: str, field: str) -> Path:
+    if not path.is_file():
+        raise _fail(sample, f"{field} {path.name!r} does not exist")
+    return path
+
+
+def read_sample_info(folder: str | Path, source: str = "") -> SampleInfo:
     folder = Path(folder)
+    sample = repr(f"{source}/{folder.name}" if source else folder.name)
     meta_path = folder / METADATA_FILE
     if not meta_path.exists():
-        raise VidLayerFormatError(f"{folder}: no {METADATA_FILE}")
-    meta = json.loads(meta_path.read_text())
-    paths = meta.get("paths", {})
+        raise _fail(sample, f"no {METADATA_FILE}")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise _fail(sample, f"{METADATA_FILE} is not valid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise _fail(sample, f"{METADATA_FILE} holds {type(meta).__name__}, expected an object")
+    paths = meta.get("paths") or {}
 
     def resolve(local: str, key: str) -> Path:
         p = folder / local
-        return p if p.exists() or key not in paths else Path(paths[key])
+        return p if p.exists() or key not in paths else (folder / paths[key])
 
-    full = resolve(FULL_FILE, "full_video")
-    background = resolve(BACKGROUND_FILE, "background_video")
+    full = _existing(resolve(FULL_FILE, "full_video"), sample, "original clip (full_video.mp4 / paths.full_video)")
+    background = _existing(resolve(BACKGROUND_FILE, "background_video"), sample,
+                           "background clip (background.mp4 / paths.background_video)")
     names = meta.get("masks")
     if names is None:
         names = []
@@ -81,32 +121,89 @@ def read_sample_info(folder: str | Path) -> SampleInfo:
             names.append(mask_file_name(len(names) + 1))
         if not names and "mask_video" in paths:
             names = [paths["mask_video"]]
-    masks = tuple(p if p.is_absolute() else folder / p for p in map(Path, names))
-    for p in (full, background, *masks):
-        if not p.exists():
-            raise VidLayerFormatError(f"{folder}: missing {p.name}")
-    if not masks:
-        raise VidLayerFormatError(f"{folder}: no mask video (expected mask.mp4)")
+    if not names:
+        raise _fail(sample, "no foreground mask (mask.mp4 / paths.mask_video)")
+    masks = tuple(_existing(folder / n, sample, "mask") for n in names)
+    foreground = resolve(FOREGROUND_FILE, "foreground_video")
+    foreground = foreground if foreground.is_file() else None
 
-    captions = meta.get("captions", {})
-    fg = captions.get("foreground", "")
-    fg_list = list(fg) if isinstance(fg, list) else [fg] + [captions.get(f"foreground_{k}", "")
-                                                           for k in range(2, len(masks) + 1)]
+    captions = meta.get("captions")
+    if not isinstance(captions, dict):
+        raise _fail(sample, "field 'captions' is missing (an object with full, background, foreground)")
+    full_caption = _caption(captions.get("full"), sample, "captions.full")
+    background_caption = _caption(captions.get("background"), sample, "captions.background")
+    fg = captions.get("foreground")
+    if isinstance(fg, list):
+        fg_list = [_caption(c, sample, f"captions.foreground[{i}]") for i, c in enumerate(fg)]
+    else:
+        fg_list = [_caption(fg, sample, "captions.foreground")] + [
+            _caption(captions.get(f"foreground_{k}"), sample, f"captions.foreground_{k}") for k in range(2, len(masks) + 1)]
     if len(fg_list) != len(masks):
-        raise VidLayerFormatError(f"{folder}: {len(masks)} masks but {len(fg_list)} foreground captions")
+        raise _fail(sample, f"{len(masks)} masks but {len(fg_list)} foreground captions")
     return SampleInfo(
-        name=folder.name, full=full, background=background, masks=masks,
-        full_caption=captions.get("full", ""), background_caption=captions.get("background", ""),
-        foreground_captions=tuple(fg_list),
+        name=f"{source}/{folder.name}" if source else folder.name, full=full, background=background, masks=masks,
+        full_caption=full_caption, background_caption=background_caption,
+        foreground_captions=tuple(fg_list), foreground=foreground, source=source,
     )
 
 
+def read_jsonl(path: str | Path, source: str = "") -> list[SampleInfo]:
+    """Records of their JSONL layout; relative paths resolve against the file's folder."""
+    path = Path(path)
+    samples = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path.name} line {line_no}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise _fail(repr(where), f"not valid JSON ({err})") from None
+        if not isinstance(record, dict):
+            raise _fail(repr(where), f"holds {type(record).__name__}, expected an object")
+        vid = record.get("vid")
+        sample = repr(f"{where} ({Path(vid).stem})" if isinstance(vid, str) else where)
+        entry = record.get("entry")
+        if not isinstance(vid, str) or not vid:
+            raise _fail(sample, "field 'vid' (the original clip) is missing")
+        if not isinstance(entry, dict):
+            raise _fail(sample, "field 'entry' (pha_video_path, bg_path) is missing")
+        for field in ("pha_video_path", "bg_path"):
+            if not isinstance(entry.get(field), str) or not entry[field]:
+                raise _fail(sample, f"field 'entry.{field}' is missing")
+        fg_clip = entry.get("fgr_path") or entry.get("fgr_video_path")
+        samples.append(SampleInfo(
+            name=f"{source}/{Path(vid).stem}" if source else Path(vid).stem,
+            full=_existing(path.parent / vid, sample, "entry 'vid'"),
+            background=_existing(path.parent / entry["bg_path"], sample, "entry.bg_path"),
+            masks=(_existing(path.parent / entry["pha_video_path"], sample, "entry.pha_video_path"),),
+            full_caption=_caption(record.get("overall_description"), sample, "overall_description"),
+            background_caption=_caption(record.get("background_prompt"), sample, "background_prompt"),
+            foreground_captions=(_caption(record.get("foreground_prompt"), sample, "foreground_prompt"),),
+            foreground=(path.parent / fg_clip) if isinstance(fg_clip, str) and (path.parent / fg_clip).is_file() else None,
+            source=source,
+        ))
+    return samples
+
+
 def find_samples(root: str | Path) -> list[SampleInfo]:
+    """Every sample under root: sample folders and *.jsonl files, directly or one source folder down."""
     root = Path(root)
-    folders = sorted(p for p in root.iterdir() if (p / METADATA_FILE).exists())
-    if not folders:
-        raise VidLayerFormatError(f"{root}: no sample folders with {METADATA_FILE}")
-    return [read_sample_info(p) for p in folders]
+    if not root.is_dir():
+        raise VidLayerFormatError(f"VidLayer root {str(root)!r} is not a folder")
+    samples = []
+    for group, source in [(root, "")] + [(d, d.name) for d in sorted(root.iterdir())
+                                         if d.is_dir() and not (d / METADATA_FILE).exists()]:
+        for folder in sorted(p for p in group.iterdir() if (p / METADATA_FILE).exists()):
+            samples.append(read_sample_info(folder, source))
+        for jsonl in sorted(group.glob("*.jsonl")):
+            samples.extend(read_jsonl(jsonl, source))
+    if not samples:
+        raise VidLayerFormatError(
+            f"{str(root)!r}: no VidLayer samples (folders with {METADATA_FILE}, or *.jsonl records), "
+            f"directly or in source folders such as {', '.join(SOURCES[:3])}"
+        )
+    return samples
 
 
 @dataclass(frozen=True)
