@@ -20,7 +20,7 @@ def _decode(path: Path, limit: int) -> np.ndarray:
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
         if not files:
             raise FileNotFoundError(f"{str(path)!r} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        return np.stack([np.asarray(Image.open(f).convert("RGBA"), dtype=np.float32) / 255.0 for f in files])
+        return np.stack([_read_image(Image, f) for f in files])
     if not path.is_file():
         raise FileNotFoundError(f"video {str(path)!r} does not exist")
     import av
@@ -41,6 +41,16 @@ def _decode(path: Path, limit: int) -> np.ndarray:
     if not frames:
         raise ValueError(f"{str(path)!r} has no video frames")
     return np.stack(frames)
+
+
+def _read_image(Image, path: Path) -> np.ndarray:
+    """(H, W, 4) float32; an unreadable, damaged or decompression-bomb image is named, not dumped."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(f"image {str(path)!r} cannot be read ({type(err).__name__}: {str(err)[:120]}); "
+                         "replace it or remove it from the folder") from None
 
 
 def read_clip(path: str | Path, num_frames: int, height: int, width: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:

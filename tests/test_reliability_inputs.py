@@ -255,3 +255,12 @@ def test_a_small_file_write_holds_its_work_name_until_it_lands(tmp_path):
         assert remove_stale_partials(tmp_path) == []
         target.tmp.write_bytes(b"movie")
     assert target.path.read_bytes() == b"movie"
+
+
+# ---- given clips on disk (the CLI's --full-video / --fg-video / --bg-video) ------------------------------
+def test_a_damaged_image_in_a_clip_folder_is_named(tmp_path):
+    from layert2v_core.video_in import read_clip
+
+    (tmp_path / "frame_000.png").write_bytes(b"\x89PNG\r\n\x1a\n but then nothing")
+    with pytest.raises(ValueError, match=r"frame_000.png' cannot be read .*; replace it or remove it from the folder"):
+        read_clip(tmp_path, num_frames=1, height=8, width=8)
