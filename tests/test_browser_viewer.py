@@ -61,6 +61,7 @@ def check_viewers_decoded(result: dict) -> None:
 def check_prompt_boxes_follow(result: dict) -> None:
     assert result["initialBoxes"] == result["initialForegrounds"], result
     for step in result.get("steps", []):
+        assert step["widgetValue"] == step["foregrounds"], f"clicking the arrows did not reach it: {result['steps']}"
         assert step["visibleBoxes"] == step["foregrounds"], result["steps"]
 
 

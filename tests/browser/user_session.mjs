@@ -63,9 +63,15 @@ async function openTemplate(page, template, result) {
 async function changeForegrounds(page, counts, result) {
   result.steps = [];
   for (const count of counts) {
-    await setWidget(page, "LayerT2VPrompts", "num_foregrounds", count);
-    await page.waitForTimeout(400);
-    result.steps.push({ foregrounds: count, visibleBoxes: await visiblePromptBoxes(page) });
+    // Clicks on the widget's own arrows (classic canvas) or -/+ buttons (Nodes 2.0), one per step.
+    let value = await widgetValue(page, "LayerT2VPrompts", "num_foregrounds");
+    for (let guard = 0; value !== count && guard < 6; guard++) {
+      await clickStepper(page, "LayerT2VPrompts", "num_foregrounds", count > value ? +1 : -1);
+      await page.waitForTimeout(300);
+      value = await widgetValue(page, "LayerT2VPrompts", "num_foregrounds");
+    }
+    await page.waitForTimeout(300);
+    result.steps.push({ foregrounds: count, widgetValue: value, visibleBoxes: await visiblePromptBoxes(page) });
   }
   await shot(page, "prompts");
 }
@@ -154,6 +160,31 @@ async function focusNode(page, type) {
     canvas.setDirty(true, true);
   }, type);
   await page.waitForTimeout(500);
+}
+
+async function widgetValue(page, type, name) {
+  return page.evaluate(([type, name]) => window.app.graph.nodes.find((n) => n.type === type)
+    .widgets.find((w) => w.name === name).value, [type, name]);
+}
+
+async function clickStepper(page, type, name, direction) {
+  const buttons = page.locator(`[aria-label="${name}"] button`);
+  if (await buttons.count()) { // Nodes 2.0: a DOM number field with - and + buttons
+    await (direction > 0 ? buttons.last() : buttons.first()).click();
+    return;
+  }
+  // Classic canvas: the widget is drawn; its arrows sit at its left and right ends.
+  const point = await page.evaluate(([type, name, direction]) => {
+    const { canvas, graph } = window.app;
+    const node = graph.nodes.find((n) => n.type === type);
+    const widget = node.widgets.find((w) => w.name === name);
+    const height = window.LiteGraph?.NODE_WIDGET_HEIGHT ?? 20;
+    const x = node.pos[0] + (direction > 0 ? node.size[0] - 22 : 22);
+    const y = node.pos[1] + (widget.last_y ?? widget.y) + height / 2;
+    const rect = canvas.canvas.getBoundingClientRect();
+    return { x: rect.left + (x + canvas.ds.offset[0]) * canvas.ds.scale, y: rect.top + (y + canvas.ds.offset[1]) * canvas.ds.scale };
+  }, [type, name, direction]);
+  await page.mouse.click(point.x, point.y);
 }
 
 async function setWidget(page, type, name, value) {
