@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .export.conventions import composite_over, to_straight
+from .export.manifest import RECOMPOSITE
 from .layout import LayerLayout
 
 
@@ -35,7 +37,6 @@ def latent_preview(latent: torch.Tensor, layout: LayerLayout, rgb_factors, rgb_b
 WEB_PREVIEW_DIR = "web_preview"  # inside the layer set's folder
 MAX_PREVIEW_SIDE = 320           # px; previews are for judging motion, not pixels
 _WEBP_MAX_SIDE = 16383           # the WebP format's limit on either side of one image
-RECOMPOSITE = "recomposite"
 
 
 @dataclass
@@ -71,17 +72,14 @@ def write_web_previews(folder, rgb: dict, alphas: dict, fps: float, max_side: in
     alphas = {name: _small(v[..., None], max_side)[..., 0] for name, v in alphas.items()}
     foregrounds = [name for name in rgb if name in alphas]
     jobs = [(name, "opaque", rgb[name]) for name in rgb if name == "full"]
-    if "background" in rgb and foregrounds:
-        comp = rgb["background"]
-        for name in foregrounds:  # first foreground lowest, as the exporters composite
-            comp = rgb[name] + comp * (1.0 - alphas[name][..., None])
+    if "background" in rgb and foregrounds:  # first foreground lowest, as the exporters composite
+        comp = composite_over([rgb[n] for n in foregrounds], [alphas[n] for n in foregrounds], rgb["background"])
         jobs.append((RECOMPOSITE, "recomposite", comp))
     jobs += [(name, "opaque", rgb[name]) for name in rgb if name != "full" and name not in alphas]
     for name in foregrounds:
-        a = alphas[name][..., None]
-        straight = (rgb[name] / a.clamp_min(1e-3)).clamp(0, 1) * (a > 1e-3)
-        jobs.append((name, "foreground", torch.cat([straight, a], -1)))
-        jobs.append((name, "matte", a))
+        a = alphas[name]
+        jobs.append((name, "foreground", torch.cat([to_straight(rgb[name], a), a[..., None]], -1)))
+        jobs.append((name, "matte", a[..., None]))
 
     strips = []
     for layer, kind, pixels in jobs:
