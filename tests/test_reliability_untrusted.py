@@ -131,7 +131,7 @@ def tiny_files(tmp_path_factory):
 @pytest.mark.parametrize("text, expected", [
     ('{"max_foregrounds": 2, ', "not valid JSON"),
     ('{"max_foregrounds": 2, "run_this": "rm -rf /"}', "unknown LayerT2V config key"),
-    ('["not", "an", "object"]', "not a valid LayerT2V config"),
+    ('["not", "an", "object"]', "LayerT2V config is list, expected a JSON object"),
 ])
 def test_adapter_config_json_is_validated_before_use(tiny_files, tmp_path, text, expected):
     adapter = tmp_path / "adapter"
