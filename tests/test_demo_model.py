@@ -79,3 +79,81 @@ def test_eval_metrics_score_the_renderer_right_and_a_wrong_prompt_wrong():
     for key in ("fg_colour", "shape", "motion"):
         assert mean(right, key) >= 0.8 and mean(wrong, key) <= 0.2, key
     assert mean(right, "consistency") < 0.02 and mean(right, "alpha_soft") < 0.15
+
+
+# ---- issue 13's measuring tools (training/eval_demo, demo_vae_gate, caption_probe, stage0_base) ----------
+def test_wilson_interval_is_the_inverted_score_test():
+    """Independent reference: the Wilson interval is the set of p whose score test accepts the observation."""
+    import numpy as np
+
+    from training.eval_demo import wilson
+
+    for hits, n in ((0, 64), (7, 64), (32, 64), (60, 64), (64, 64), (3, 10)):
+        grid = np.linspace(0, 1, 200001)
+        accepted = grid[np.abs(hits / n - grid) <= 1.96 * np.sqrt(grid * (1 - grid) / n)]
+        lo, hi = wilson(hits, n)
+        assert abs(lo - accepted.min()) < 1e-4 and abs(hi - accepted.max()) < 1e-4, (hits, n)
+
+
+def test_shape_needs_a_fitting_template_and_motion_needs_4_pixels():
+    import numpy as np
+
+    from training.data import synthetic as syn
+    from training.eval_demo import motion_of, shape_of
+
+    blob = np.zeros((17, 64, 64), np.float32)
+    blob[:, 20:30, 8:56] = 1.0                       # a long bar: no template fits it at IoU >= 0.8
+    assert shape_of(blob) is None
+    spec = syn.ShapeSpec("triangle", "red", "plain", "right", 0.22, (0.4, 0.5), 0.0)
+    still = np.stack([syn.render_shape(spec, t, 64, 64)[0] for t in np.linspace(0, 1, 17)])
+    assert shape_of(still) == "triangle" and motion_of(still) is None
+    creeping = np.stack([np.roll(a, i // 8, axis=1) for i, a in enumerate(still)])   # 2 px in all
+    moving = np.stack([np.roll(a, i // 2, axis=1) for i, a in enumerate(still)])     # 8 px
+    assert motion_of(creeping) is None and motion_of(moving) == "right"
+
+
+def test_vae_gate_passes_the_identity_and_fails_a_colour_swap():
+    from training.demo_vae_gate import gate_clips, measure
+
+    clips = gate_clips(seed=1, one_fg=8, multi_fg=4, frames=9, size=64)
+    assert measure(clips, lambda full: full)["pass"]
+    swapped = measure(clips, lambda full: full[..., ::-1])     # red <-> blue: what a bad VAE does to colours
+    assert swapped["fg_colour"] < 0.7 and swapped["footprint_shape"] < 0.7 and not swapped["pass"]
+
+
+def test_caption_probe_swaps_one_word_of_the_asked_type():
+    import numpy as np
+
+    from training import caption_probe as probe
+    from training.data import synthetic as syn
+
+    rng = np.random.default_rng(0)
+    vocab = {"background": set(syn.COLORS), "colour": set(syn.COLORS), "shape": set(syn.SHAPES),
+             "direction": set(syn.DIRECTIONS)}
+    for background, shapes in probe.probe_scenes(seed=0, count=9):
+        right = syn.full_caption(shapes, background).split()
+        for word_type in probe.WORD_TYPES:
+            other = probe.swapped_caption(background, shapes, word_type, rng).split()
+            changed = [(a, b) for a, b in zip(right, other) if a != b]
+            assert len(other) == len(right) and len(changed) == 1, (word_type, right, other)
+            assert {changed[0][0], changed[0][1]} <= vocab[word_type]
+
+
+def test_trainable_text_encoder_gives_the_contexts_sampling_sees():
+    import torch
+
+    from training.stage0_base import CaptionEmbedder, FlowObjective, build_demo_text_encoder, latent_coverage
+
+    encoder = build_demo_text_encoder({"d_model": 32, "seed": 0}, 16, "cpu")
+    encoder.cache_size = 0
+    objective = FlowObjective(torch.nn.Identity(), CaptionEmbedder(encoder)).train()  # training mode, as the engine
+    captions = ["a red circle moving right over a blue background", "", "a white ring moving up"]
+    ids, mask = objective.text.token_ids(captions)
+    context = objective.text(ids, mask)
+    assert context.requires_grad
+    assert torch.allclose(context, torch.stack([encoder.encode(c).float() for c in captions]), atol=1e-5)
+    alpha = torch.zeros(1, 9, 64, 64)
+    alpha[:, 1:5, :, :32] = 1.0                     # frames 1-4 = latent frame 1, left half
+    coverage = latent_coverage(alpha, 8)
+    assert coverage.shape == (3, 8, 8)
+    assert coverage[1, :, :4].eq(1).all() and coverage[1, :, 4:].eq(0).all() and coverage[[0, 2]].eq(0).all()

@@ -1,14 +1,18 @@
 """The built-in demo model, end to end, in one command (CPU, see manifest.json for the measured time):
 
     python -m training.demo_recipe                 # or: make demo-model
+    python -m training.demo_recipe --ablation      # also trains and scores ablation arms a and b
     python -m training.demo_recipe --smoke         # every step at a few optimizer steps (minutes)
 
 Steps (each an ordinary stage entry point with a `training/configs/demo_*.yaml` config):
-  stage 0a tiny Wan VAE -> stage 0b tiny Wan T2V DiT (+ text encoder) -> stage 1 mask VAE ->
-  stage 2 (= ablation arm c) -> stage 3 (up to 3 foregrounds) -> evaluation of the final model ->
-  ablation arms a and b -> their evaluation -> files into layert2v_core/demo_model/.
-A step whose output already exists is skipped, so a crashed run continues where it stopped.
-Resolved configs go to <out>/configs/, logs to <out>/logs/, wall times to <out>/timings.json.
+  stage 0a tiny Wan VAE -> VAE gate (training/demo_vae_gate.py) -> stage 0b tiny Wan T2V DiT (+ its text
+  embeddings) -> caption probe (training/caption_probe.py) -> stage 1 mask VAE -> stage 2 (= ablation arm c)
+  -> stage 3 (1 to 3 foregrounds) -> evaluation of the final model (training/demo_report.py) -> files into
+  layert2v_core/demo_model/. With --ablation: arms a and b and their evaluation after that.
+The gates are measured and recorded (<out>/gates/, the manifest); they do not stop the recipe, so a rerun
+shows where a recipe breaks. A step whose output already exists is skipped, so a crashed run continues
+where it stopped. Resolved configs go to <out>/configs/, logs to <out>/logs/, wall times to <out>/timings.json
+(written after every step).
 """
 
 from __future__ import annotations
@@ -29,6 +33,13 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "training" / "configs"
 DEFAULT_OUT = "output/demo"          # the prefix every demo config's paths start with
 DEMO_MODEL_DIR = REPO / "layert2v_core" / "demo_model"
+
+
+def run_model_files(out: str | Path) -> dict[str, str]:
+    """The model files a run folder holds once its stages are done (the final model's adapter: stage 3)."""
+    out = Path(out)
+    return {"dit": str(out / "stage0_dit/adapter/dit.safetensors"), "vae": str(out / "stage0_vae/adapter/vae.safetensors"),
+            "text_encoder": str(out / "stage0_dit/text_encoder"), "adapter": str(out / "stage3/adapter")}
 
 
 @dataclass
@@ -67,8 +78,9 @@ ABLATION_STEPS = [
 SMOKE = {"steps": 3, "num_samples": 24, "max_samples": 4}
 
 
-def resolve_config(step: Step, out: str, smoke: bool) -> dict:
-    """The YAML with its output/demo/ paths moved under `out` and the step's overrides applied."""
+def resolve_config(step: Step, out: str, smoke: bool, steps_scale: float = 1.0) -> dict:
+    """The YAML with its output/demo/ paths moved under `out`, the step's overrides applied and every
+    phase's optimizer steps (and checkpoint interval) multiplied by `steps_scale`."""
     text = (CONFIGS / step.config).read_text().replace(DEFAULT_OUT + "/", out.rstrip("/") + "/")
     config = yaml.safe_load(text)
     for key, value in step.overrides.items():
@@ -77,6 +89,12 @@ def resolve_config(step: Step, out: str, smoke: bool) -> dict:
         for p in parents:
             node = node.setdefault(p, {})
         node[last] = value.replace(DEFAULT_OUT + "/", out.rstrip("/") + "/") if isinstance(value, str) else value
+    if steps_scale != 1.0:  # a shorter (or longer) run of the same recipe: schedules follow the step count
+        for phase in config["phases"]:
+            phase["steps"] = max(1, round(phase["steps"] * steps_scale))
+        every = config.get("checkpoint", {}).get("every", 0)
+        if every:
+            config["checkpoint"]["every"] = max(1, round(every * steps_scale))
     if smoke:  # same code paths, a few steps each
         for phase in config["phases"]:
             # Batches never mix foreground counts, and 4 smoke samples may leave no bucket a full batch of 4.
@@ -88,8 +106,8 @@ def resolve_config(step: Step, out: str, smoke: bool) -> dict:
     return config
 
 
-def launch(step: Step, out: Path, smoke: bool):
-    config = resolve_config(step, str(out), smoke)
+def launch(step: Step, out: Path, smoke: bool, steps_scale: float = 1.0):
+    config = resolve_config(step, str(out), smoke, steps_scale)
     path = out / "configs" / f"{step.name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -101,21 +119,49 @@ def launch(step: Step, out: Path, smoke: bool):
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
-def run_step(step: Step, out: Path, smoke: bool, timings: dict) -> None:
+def save_timings(out: Path, timings: dict) -> None:
+    (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+
+
+def run_step(step: Step, out: Path, smoke: bool, timings: dict, steps_scale: float = 1.0) -> None:
     if (out / step.done).exists():
         print(f"{step.name}: done already ({out / step.done})", flush=True)
         return
     started = time.time()
-    proc = launch(step, out, smoke)
+    proc = launch(step, out, smoke, steps_scale)
     if proc.wait() != 0:
         raise SystemExit(f"{step.name} failed (exit {proc.returncode}); see {out / 'logs' / (step.name + '.log')}")
     timings[step.name] = round(time.time() - started, 1)
+    save_timings(out, timings)  # a run stopped later still knows what its finished steps cost
     print(f"[{time.strftime('%H:%M:%S')}] {step.name}: finished after {timings[step.name]:.0f} s", flush=True)
 
 
+# Gates measured right after the step they judge (module, the step they follow, result file under <out>/gates/).
+GATES = {
+    "stage0_vae": ("training.demo_vae_gate", "vae_gate.json"),
+    "stage0_dit": ("training.caption_probe", "caption_probe.json"),
+}
+
+
+def run_gate(after: str, out: Path, smoke: bool, timings: dict) -> None:
+    module, result = GATES[after]
+    target = out / "gates" / result
+    if target.exists():
+        return
+    started = time.time()
+    cmd = [sys.executable, "-m", module, "--run", str(out), "--json", str(target)] + (["--smoke"] if smoke else [])
+    print(f"[{time.strftime('%H:%M:%S')}] gate after {after}: {' '.join(cmd)}", flush=True)
+    log = out / "logs" / f"gate_{after}.log"
+    with open(log, "w") as f:
+        subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=f, stderr=subprocess.STDOUT,
+                       check=True)
+    timings[f"gate_{after}"] = round(time.time() - started, 1)
+    save_timings(out, timings)
+
+
 def _eval_args(out: Path, smoke: bool) -> tuple[list[str], list[str]]:
-    base = ["--dit", str(out / "stage0_dit/adapter/dit.safetensors"), "--vae", str(out / "stage0_vae/adapter/vae.safetensors"),
-            "--text-encoder", str(out / "stage0_dit/text_encoder")]
+    files = run_model_files(out)
+    base = ["--dit", files["dit"], "--vae", files["vae"], "--text-encoder", files["text_encoder"]]
     count = ["--prompts", "2", "--steps", "4"] if smoke else []
     return base, count
 
@@ -135,21 +181,16 @@ def evaluate_arms(out: Path, smoke: bool, timings: dict) -> None:
     timings["evaluation_ablation"] = round(time.time() - started, 1)
 
 
-# (result name, foregrounds, prompt split): held-out pairings measure composition, seen ones prompt following.
-FINAL_EVALS = [("final_k1", 1, "held-out"), ("final_k2", 2, "held-out"), ("final_k1_seen", 1, "seen")]
-
-
 def evaluate_final(out: Path, smoke: bool, timings: dict) -> None:
+    """Every row of the issue-13 report on the final model (training/demo_report.py, a fresh process)."""
     started = time.time()
-    base, count = _eval_args(out, smoke)
-    for name, k, split in FINAL_EVALS:
-        target = out / "eval" / f"{name}.json"
-        sheet = ["--sheet", str(out / "eval" / "demo_contact_sheet.png")] if name == "final_k2" else []
-        label = f"demo model (stage 3), {k} fg" + (", seen pairs" if split == "seen" else "")
-        subprocess.run([sys.executable, "-m", "training.eval_demo", *base, "--adapter", str(out / "stage3/adapter"),
-                        "--name", label, "--foregrounds", str(k), "--split", split, "--json", str(target),
-                        *sheet, *count], cwd=REPO, check=True)
+    cmd = [sys.executable, "-m", "training.demo_report", "--run", str(out)] + (["--smoke"] if smoke else [])
+    print(f"[{time.strftime('%H:%M:%S')}] final evaluation: {' '.join(cmd)}", flush=True)
+    with open(out / "logs" / "evaluation_final.log", "w") as f:
+        subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=f, stderr=subprocess.STDOUT,
+                       check=True)
     timings["evaluation_final"] = round(time.time() - started, 1)
+    save_timings(out, timings)
 
 
 def install(out: Path, timings: dict, command: str) -> None:
@@ -171,25 +212,24 @@ def install(out: Path, timings: dict, command: str) -> None:
         "total_bytes": sum(p.stat().st_size for p in files),
         "machine": f"{os.cpu_count()} CPU cores (shared), torch threads 1 per process",
     }
+    # The gates and the final report travel with the weights: a rerun shows where a recipe breaks.
+    for key, path in (("gates", out / "gates"), ("report", out / "eval")):
+        found = sorted(path.glob("*.json")) if path.is_dir() else []
+        if key == "report":
+            found = [p for p in found if p.name == "report.json"]
+        for p in found:
+            manifest.setdefault(key, {})[p.stem] = json.loads(p.read_text()).get("summary", {})
     (DEMO_MODEL_DIR / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"installed the demo model in {DEMO_MODEL_DIR} ({manifest['total_bytes'] / 1e6:.1f} MB)", flush=True)
 
 
 def publish(out: Path) -> None:
-    """The README's material: docs/demo_contact_sheet.png and docs/demo_eval.md (both tables)."""
-    from .eval_demo import markdown_table
-
+    """The README's material, from the final evaluation: docs/demo_contact_sheet.png (+ its prompts) and
+    docs/demo_eval.md (every table with its intervals and commands)."""
     docs = REPO / "docs"
     docs.mkdir(exist_ok=True)
-    for suffix in (".png", ".txt"):  # the sheet and its prompts
-        shutil.copyfile(out / "eval" / f"demo_contact_sheet{suffix}", docs / f"demo_contact_sheet{suffix}")
-    load = lambda name: json.loads((out / "eval" / f"{name}.json").read_text())  # noqa: E731
-    final = [load(name) for name, _, _ in FINAL_EVALS]
-    arms = [load("ablation_a_concat"), load("ablation_b_adaln"), load("stage2")]
-    text = ["# Demo model evaluation", "", "Final model (stage 3), held-out (colour, shape) pairs unless marked seen:", "",
-            markdown_table(final), "", "Ablation, stage 2 budget, 1 foreground:", "", markdown_table(arms), ""]
-    text += [f"- {r['name']}: `{r['command']}`" for r in final + arms]
-    (docs / "demo_eval.md").write_text(("\n".join(text) + "\n").replace(str(REPO) + "/", ""))
+    for name in ("demo_contact_sheet.png", "demo_contact_sheet.txt", "demo_eval.md"):
+        shutil.copyfile(out / "eval" / name, docs / name)
     print(f"wrote {docs / 'demo_contact_sheet.png'} and {docs / 'demo_eval.md'}", flush=True)
 
 
@@ -199,6 +239,10 @@ def main(argv=None) -> None:
     parser.add_argument("--smoke", action="store_true", help="a few steps per stage: checks the recipe runs")
     parser.add_argument("--no-install", action="store_true", help="leave layert2v_core/demo_model/ as it is")
     parser.add_argument("--no-eval", action="store_true")
+    parser.add_argument("--steps-scale", type=float, default=1.0,
+                        help="multiply every stage's optimizer steps (e.g. 0.3: a shortened run of the same recipe)")
+    parser.add_argument("--ablation", action="store_true",
+                        help="also train ablation arms a (concat only) and b (+ LayerAdaLN) and score all three")
     args = parser.parse_args(argv)
     out = Path(args.out or ("output/demo_smoke" if args.smoke else DEFAULT_OUT))
     if not out.is_absolute():
@@ -207,21 +251,25 @@ def main(argv=None) -> None:
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     started = time.time()
     for step in MODEL_STEPS:
-        run_step(step, out, args.smoke, timings)
+        run_step(step, out, args.smoke, timings, args.steps_scale)
+        if step.name in GATES:
+            run_gate(step.name, out, args.smoke, timings)
     if not args.no_eval:
         evaluate_final(out, args.smoke, timings)
-    for step in ABLATION_STEPS:
-        run_step(step, out, args.smoke, timings)
-    # Training alone (the final evaluation sits between its steps): every step's recorded time, including
-    # steps an earlier, resumed invocation trained.
-    timings["training_total"] = round(sum(timings.get(s.name, 0.0) for s in MODEL_STEPS + ABLATION_STEPS), 1)
-    timings_path.write_text(json.dumps(timings, indent=2) + "\n")
-    if not args.no_eval:
+    arms = ABLATION_STEPS if args.ablation else []
+    for step in arms:
+        run_step(step, out, args.smoke, timings, args.steps_scale)
+    # Training alone (gates and the final evaluation sit between its steps): every step's recorded time,
+    # including steps an earlier, resumed invocation trained.
+    timings["training_total"] = round(sum(timings.get(s.name, 0.0) for s in MODEL_STEPS + arms), 1)
+    save_timings(out, timings)
+    if arms and not args.no_eval:
         evaluate_arms(out, args.smoke, timings)
     timings["total_this_invocation"] = round(time.time() - started, 1)
-    timings_path.write_text(json.dumps(timings, indent=2) + "\n")
+    save_timings(out, timings)
     if not (args.smoke or args.no_install):
-        install(out, timings, "python -m training.demo_recipe")
+        install(out, timings, "python -m training.demo_recipe" + (f" --steps-scale {args.steps_scale:g}"
+                                                                   if args.steps_scale != 1.0 else ""))
         if not args.no_eval:
             publish(out)
     print(json.dumps(timings, indent=2), flush=True)

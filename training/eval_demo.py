@@ -49,8 +49,30 @@ _SHADED_NAMES = PALETTE_NAMES * len(_SHADES)
 
 
 # Prompt sets: "held-out" pairs a colour with a shape that the training data never pairs it with;
-# "seen" draws new scenes the way the training data does (every pairing appears in training).
-SPLITS = {"held-out": syn.held_out_scenes, "seen": syn.seen_pair_scenes}
+# "seen" draws new scenes with pairings that training does show. Both balance shapes and directions.
+SPLITS = {"held-out": lambda seed, count, k: syn.balanced_scenes(seed, count, k, held_out=True),
+          "seen": lambda seed, count, k: syn.balanced_scenes(seed, count, k, held_out=False)}
+MIN_SHAPE_IOU = 0.8     # a matte counts as a shape only when that shape's template fits this well
+MIN_MOTION_PX = 4.0     # a direction counts only when the centroid travels at least this far
+
+
+def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion (successes may be a fractional count)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+
+
+def mean_interval(values) -> tuple[float, float]:
+    """95 % normal interval of a mean (for continuous metrics: IoU, PSNR, L1)."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) < 2:
+        return (float(v.mean()) if len(v) else 0.0,) * 2
+    half = 1.96 * v.std(ddof=1) / np.sqrt(len(v))
+    return (float(v.mean() - half), float(v.mean() + half))
 
 
 def nearest_colour(rgb: np.ndarray, shaded: bool = True) -> np.ndarray:
@@ -78,8 +100,9 @@ def _centroid(a: np.ndarray) -> tuple[float, float] | None:
     return float((a * x).sum() / total), float((a * y).sum() / total)
 
 
-def shape_of(alpha: np.ndarray) -> str | None:
-    """Best-IoU shape over the first, middle and last frames; templates fitted to area and centroid."""
+def shape_scores(alpha: np.ndarray) -> dict[str, float] | None:
+    """Mean best-fit template IoU per shape over the first, middle and last frames (templates fitted to
+    size and centroid); None when a frame's matte is empty."""
     h, w = alpha.shape[1:]
     scale = min(h, w)
     gx, gy = syn._grid(h, w)
@@ -102,10 +125,20 @@ def shape_of(alpha: np.ndarray) -> str | None:
                 iou = (t & mask).sum() / max(1, (t | mask).sum())
                 best = max(best, float(iou))
             scores[shape] += best
-    return max(scores, key=scores.get)
+    frames = len({0, alpha.shape[0] // 2, alpha.shape[0] - 1})
+    return {k: v / frames for k, v in scores.items()}
 
 
-def motion_of(alpha: np.ndarray, min_pixels: float = 1.0) -> str | None:
+def shape_of(alpha: np.ndarray, min_iou: float = MIN_SHAPE_IOU) -> str | None:
+    """The best-fitting shape, or None unless its template fits at IoU >= min_iou (a blob is no shape)."""
+    scores = shape_scores(alpha)
+    if scores is None:
+        return None
+    best = max(scores, key=scores.get)
+    return best if scores[best] >= min_iou else None
+
+
+def motion_of(alpha: np.ndarray, min_pixels: float = MIN_MOTION_PX) -> str | None:
     n = max(1, alpha.shape[0] // 4)
     start = [_centroid(a) for a in alpha[:n]]
     end = [_centroid(a) for a in alpha[-n:]]
@@ -120,6 +153,8 @@ def motion_of(alpha: np.ndarray, min_pixels: float = 1.0) -> str | None:
 
 def bg_colour_score(bg: np.ndarray, colours: tuple[str, str]) -> float:
     counts = np.bincount(nearest_colour(bg.reshape(-1, 3), shaded=False), minlength=len(PALETTE_NAMES))
+    if colours[0] == colours[1]:  # a plain background: its most frequent colour
+        return float(PALETTE_NAMES[int(np.argmax(counts))] == colours[0])
     top2 = {PALETTE_NAMES[i] for i in np.argsort(counts)[-2:]}
     return len(top2 & set(colours)) / 2
 

@@ -46,7 +46,8 @@ def consistency(frames) -> float:
     return float(np.mean(np.abs(comp - frames.rgb["full"].numpy())))
 
 
-def run_variant(pipe, variant: str, scene, args, seed: int) -> dict:
+def variant_output(pipe, variant: str, scene, args, seed: int):
+    """One conditional generation on a rendered scene -> (decoded layers, rendered full, bg, alphas as tensors)."""
     background, shapes = scene
     full, bg, alphas = (torch.from_numpy(x).float() for x in syn.render_clip(background, shapes, args.frames,
                                                                           args.height, args.width))
@@ -62,11 +63,18 @@ def run_variant(pipe, variant: str, scene, args, seed: int) -> dict:
                             alphas={k + 1: alphas[k] for k in range(len(shapes))}, foreground_is="premultiplied")
     else:
         given = GivenLayers(background=bg)
-    out = generate_layers(pipe, layout, conditioning, config, given=given)
+    return generate_layers(pipe, layout, conditioning, config, given=given), full, bg, alphas
+
+
+def run_variant(pipe, variant: str, scene, args, seed: int) -> dict:
+    return variant_scores(variant, *variant_output(pipe, variant, scene, args, seed))
+
+
+def variant_scores(variant: str, out, full, bg, alphas) -> dict:
+    k_all = range(len(alphas))
     scores = {"consistency": consistency(out)}
     if variant == "decompose":
-        scores["alpha_iou"] = float(np.mean([iou(out.alpha[f"mask_{k + 1}"].numpy(), alphas[k].numpy())
-                                             for k in range(len(shapes))]))
+        scores["alpha_iou"] = float(np.mean([iou(out.alpha[f"mask_{k + 1}"].numpy(), alphas[k].numpy()) for k in k_all]))
         scores["bg_psnr"] = psnr(out.rgb["background"].numpy(), bg.numpy())
         scores["given_psnr"] = psnr(out.rgb["full"].numpy(), full.numpy())
     elif variant == "background_for_foreground":

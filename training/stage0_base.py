@@ -8,10 +8,14 @@ premultiplied foreground and alpha replicated to RGB, so the frozen encoder also
 VAE. Its export sets `latents_mean` / `latents_std` in the config to the measured latent statistics and
 writes `<output_dir>/adapter/vae.safetensors` (config in the header, loadable by `load_wan_vae`).
 
-`base_dit` builds the tiny UMT5 text encoder + tokenizer in code from the caption vocabulary (frozen,
-random: its token features still tell words apart), saves it to `<output_dir>/text_encoder/`, and
-trains a WanTransformer3DModel with rectified flow on full-video latents only (text dropout for CFG).
-Export: `<output_dir>/adapter/dit.safetensors` (loadable by `load_wan_transformer`).
+`base_dit` builds the tiny UMT5 text encoder + tokenizer in code from the caption vocabulary, and trains a
+WanTransformer3DModel with rectified flow on full-video latents only (text dropout for CFG). With
+`architecture.text_encoder.trainable: true` the text encoder trains with the DiT here (and is frozen in
+every later stage): a random frozen encoder kept the words apart, but the DiT never learned the
+foreground words from it (issue 13). `architecture.flow_objective.foreground_weight: w` weighs the flow
+loss by 1 + w * (the data's own object coverage of each latent cell), so the objects, not the
+background, carry the loss. Export: `<output_dir>/adapter/dit.safetensors` (loadable by
+`load_wan_transformer`) and `<output_dir>/text_encoder/`.
 
 Stages 1-3 then load these files with `model.kind: wan`: the same code path as the real Wan2.1 files.
 """
@@ -26,6 +30,7 @@ import numpy as np
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
 from layert2v_core.text import TextEncoder
@@ -205,35 +210,79 @@ def build_demo_text_encoder(architecture: dict, text_len: int, device) -> TextEn
     return TextEncoder(model, tokenizer, text_len=text_len, device=device, cache_size=8192)
 
 
-class FlowObjective(nn.Module):
-    """Rectified flow on full-video latents: x_t = t*noise + (1-t)*x0, target v = noise - x0."""
+class CaptionEmbedder(nn.Module):
+    """The text encoder as a trainable module: token ids -> (B, text_len, d) with zero rows after each
+    caption's own tokens, the layout TextEncoder.encode gives (so sampling later sees what training saw)."""
 
-    def __init__(self, dit: WanTransformer3DModel):
+    def __init__(self, encoder: TextEncoder):
+        super().__init__()
+        self.model, self.tokenizer, self.text_len = encoder.model, encoder.tokenizer, encoder.text_len
+        self.model.requires_grad_(True)
+
+    def train(self, mode: bool = True):
+        """The encoder stays in eval mode while it trains: UMT5's dropout (modules and functional calls) would
+        make training contexts differ from the ones sampling gets (measured: up to 1.2 apart)."""
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    def token_ids(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.tokenizer(captions, add_special_tokens=True, truncation=True, max_length=self.text_len,
+                               padding="max_length", return_tensors="pt")
+        return batch["input_ids"], batch["attention_mask"]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return hidden * attention_mask[..., None].to(hidden.dtype)
+
+
+class FlowObjective(nn.Module):
+    """Rectified flow on full-video latents: x_t = t*noise + (1-t)*x0, target v = noise - x0.
+    weight (B, 1, T', h, w): per-cell loss weights (foreground emphasis), normalised to mean 1 per batch."""
+
+    def __init__(self, dit: WanTransformer3DModel, text: CaptionEmbedder | None = None):
         super().__init__()
         self.dit = dit
+        self.text = text
 
-    def forward(self, latent, noise, t, context) -> dict[str, torch.Tensor]:
+    def forward(self, latent, noise, t, context=None, input_ids=None, attention_mask=None, weight=None):
+        if self.text is not None:
+            context = self.text(input_ids, attention_mask)
         tt = t.view(-1, 1, 1, 1, 1)
         x_t = tt * noise + (1 - tt) * latent
         v = self.dit(hidden_states=x_t, timestep=t * 1000.0, encoder_hidden_states=context, return_dict=False)[0]
-        flow = (v.float() - (noise - latent)).pow(2).mean()
-        return {"loss": flow, "flow": flow}
+        err = (v.float() - (noise - latent)).pow(2)
+        plain = err.mean()
+        if weight is None:
+            return {"loss": plain, "flow": plain}
+        flow = (err * weight).mean() / weight.mean()
+        return {"loss": flow, "flow": flow, "flow_unweighted": plain.detach()}
+
+
+def latent_coverage(alpha: torch.Tensor, stride: int) -> torch.Tensor:
+    """(K, F, H, W) visible mattes -> (T', H/stride, W/stride): the share of each latent cell the objects
+    cover, with the causal VAE's time grouping (latent frame 0 = frame 0, then groups of 4 frames)."""
+    union = 1 - torch.prod(1 - alpha.float(), dim=0)
+    frames, height, width = union.shape
+    grouped = torch.cat([union[:1], union[1:].reshape((frames - 1) // 4, 4, height, width).mean(1)])
+    return F.avg_pool2d(grouped[:, None], stride)[:, 0]
 
 
 class FullLatentDataset(torch.utils.data.Dataset):
-    def __init__(self, latents: torch.Tensor, captions: list[str]):
-        self.latents, self.captions = latents, captions
+    def __init__(self, latents: torch.Tensor, coverage: torch.Tensor, captions: list[str]):
+        self.latents, self.coverage, self.captions = latents, coverage, captions
 
     def __len__(self):
         return len(self.captions)
 
     def __getitem__(self, key):
         index = key[0] if isinstance(key, tuple) else key
-        return {"latent": self.latents[index], "caption": self.captions[index]}
+        return {"latent": self.latents[index], "coverage": self.coverage[index], "caption": self.captions[index]}
 
 
 def collate_full(items):
-    return {"latent": torch.stack([it["latent"] for it in items]), "caption": [it["caption"] for it in items]}
+    return {"latent": torch.stack([it["latent"] for it in items]), "coverage": torch.stack([it["coverage"] for it in items]),
+            "caption": [it["caption"] for it in items]}
 
 
 class BaseDiTTask:
@@ -249,13 +298,18 @@ class BaseDiTTask:
         self.device = accelerator.device
         arch = cfg.model.architecture
         self.vae = build_vae(cfg.model, self.device)  # stage 0 VAE file, frozen
-        self.text_encoder = build_demo_text_encoder(arch.get("text_encoder", {}), self.text_len, self.device)
-        if accelerator.is_main_process:
+        text_arch = arch.get("text_encoder", {})
+        self.text_encoder = build_demo_text_encoder(text_arch, self.text_len, self.device)
+        self.foreground_weight = float(arch.get("flow_objective", {}).get("foreground_weight", 0.0))
+        trainable_text = bool(text_arch.get("trainable", False))
+        if trainable_text:
+            self.text_encoder.cache_size = 0  # its embeddings change every step; export saves the trained one
+        elif accelerator.is_main_process:
             save_text_encoder(self.text_encoder, Path(cfg.output_dir) / TEXT_ENCODER_DIR)
         with seeded(cfg.seed):
             self.dit = WanTransformer3DModel(**{**arch["dit"], "text_dim": self.text_encoder.model.config.d_model})
         self.dit.to(self.device).train().requires_grad_(True)
-        self.objective = FlowObjective(self.dit)
+        self.objective = FlowObjective(self.dit, CaptionEmbedder(self.text_encoder) if trainable_text else None)
         return self.objective
 
     def named_trainable(self):
@@ -266,14 +320,19 @@ class BaseDiTTask:
         clip = clip_spec(phase, self.config.data, deterministic=True)
         cache = Path(self.config.output_dir) / f"full_latents_{clip.num_frames}x{clip.height}x{clip.width}.pt"
         if cache.is_file():
-            latents = torch.load(cache, weights_only=True)
+            latents, coverage = torch.load(cache, weights_only=True)
         else:  # the frozen VAE runs once per sample, not once per step
             data = VidLayerDataset(samples, clip)
-            latents = torch.cat([encode_frames(self.vae, data[(i, 0)]["full"].to(self.device)).cpu()
-                                 for i in range(len(data))])
+            stride = self.vae.spatial_compression_ratio
+            latents, coverage = [], []
+            for i in range(len(data)):
+                item = data[(i, 0)]
+                latents.append(encode_frames(self.vae, item["full"].to(self.device)).cpu())
+                coverage.append(latent_coverage(item["alpha"], stride)[None])
+            latents, coverage = torch.cat(latents), torch.stack(coverage)
             if self.accelerator.is_main_process:
-                torch.save(latents, cache)
-        return FullLatentDataset(latents, [s.full_caption for s in samples]), [0] * len(samples), collate_full
+                torch.save((latents, coverage), cache)
+        return FullLatentDataset(latents, coverage, [s.full_caption for s in samples]), [0] * len(samples), collate_full
 
     @torch.no_grad()
     def _context(self, captions: list[str]) -> torch.Tensor:
@@ -284,15 +343,28 @@ class BaseDiTTask:
         latent = batch["latent"].float()
         n = latent.shape[0]
         drop = (torch.rand(n, generator=generator) < cfg.data.text_dropout).tolist()
-        context = self._context(["" if d else c for d, c in zip(drop, batch["caption"])])
+        captions = ["" if d else c for d, c in zip(drop, batch["caption"])]
         noise = torch.randn(latent.shape, generator=generator)
         t = logit_normal(n, cfg.timesteps.mean, cfg.timesteps.std, generator)
         dev = self.device
-        return {"latent": latent.to(dev), "noise": noise.to(dev), "t": t.to(dev), "context": context.to(dev)}
+        inputs = {"latent": latent.to(dev), "noise": noise.to(dev), "t": t.to(dev)}
+        if self.objective.text is not None:
+            ids, mask = self.objective.text.token_ids(captions)
+            inputs.update(input_ids=ids.to(dev), attention_mask=mask.to(dev))
+        else:
+            inputs["context"] = self._context(captions).to(dev)
+        if self.foreground_weight > 0:
+            inputs["weight"] = (1.0 + self.foreground_weight * batch["coverage"].float()).to(dev)
+        return inputs
 
     def export(self, folder: Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        if self.objective.text is not None:  # the trained encoder (EMA weights when the engine swaps them in)
+            save_text_encoder(self.text_encoder, folder / TEXT_ENCODER_DIR)
+            if folder.resolve() == (Path(self.config.output_dir) / "adapter").resolve():  # the final export:
+                # where stages 1-3 and the demo model read it
+                save_text_encoder(self.text_encoder, Path(self.config.output_dir) / TEXT_ENCODER_DIR)
         save_with_config(self.dit, folder / DIT_FILE)
 
     @torch.no_grad()
