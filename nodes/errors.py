@@ -132,6 +132,8 @@ def readable_errors(node: str, what: Optional[str] = None, file: Optional[str] =
         message = exc.args[0] if exc.args else type(exc).__name__
         raise LayerT2VInputError(prefix + str(message), aliases) from None
     except OSError as exc:  # FileNotFoundError included; the output folder's own errors are ValueErrors
+        if exc.errno is None and exc.args:  # raised by our code with a whole sentence, not by the OS
+            raise LayerT2VInputError(prefix + str(exc.args[0]), aliases) from None
         raise LayerT2VInputError(f"{node}: " + os_error_line(exc, what or file), aliases) from None
     except RecursionError:
         raise LayerT2VInputError(prefix + "the value is nested too deeply to read; simplify it", aliases) from None

@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import time
 import urllib.error
@@ -260,39 +261,63 @@ def unguarded() -> str:
             "machine") if why else ""
 
 
-def adapter_schema() -> str:
-    return header_schema_wired("layert2v_adapter.py")
-
-
-def with_header(source: Path, target: Path, **config_changes) -> Path:
+def hostile_copy(source: Path, target: Path, content) -> Path:
+    """`source` rewritten: a dict merges into its embedded config, a str replaces the config text, a
+    callable rewrites the file's bytes."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
+    if callable(content):
+        target.write_bytes(content(source.read_bytes()))
+        return target
     with safe_open(str(source), "pt") as handle:
         tensors = {k: handle.get_tensor(k) for k in handle.keys()}
         metadata = dict(handle.metadata() or {})
-    config = json.loads(metadata["diffusers_config"])
-    config.update(config_changes)
-    metadata["diffusers_config"] = json.dumps(config)
+    if isinstance(content, dict):
+        content = json.dumps({**json.loads(metadata["diffusers_config"]), **content})
+    metadata["diffusers_config"] = content
     save_file(tensors, str(target), metadata=metadata)
     return target
 
 
-def adapter_copy(models: Path, name: str, config_changes: Optional[dict] = None, widen_lora: str = "") -> str:
-    """A copy of the tiny adapter folder with its config edited, or one file's LoRA tensors doubled in rank."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-    import torch
+def header_length(value: int) -> Callable[[bytes], bytes]:
+    return lambda raw: struct.pack("<Q", value) + raw[8:]
 
-    folder = models / "layert2v" / (FUZZ + name)
-    shutil.copytree(models / "layert2v" / ADAPTER, folder)
-    if config_changes:
-        config_path = folder / "layert2v_config.json"
-        config = json.loads(config_path.read_text())
-        config.update(config_changes)
-        config_path.write_text(json.dumps(config))
-    if widen_lora:
-        with safe_open(str(folder / widen_lora), "pt") as handle:
+
+def first_tensor_shape(shape: list) -> Callable[[bytes], bytes]:
+    """The header claims another shape for its first tensor (data left as it is)."""
+    def rewrite(raw: bytes) -> bytes:
+        (length,) = struct.unpack("<Q", raw[:8])
+        header = json.loads(raw[8:8 + length])
+        header[next(k for k in header if k != "__metadata__")]["shape"] = shape
+        text = json.dumps(header).encode()
+        return struct.pack("<Q", len(text)) + text + raw[8 + length:]
+    return rewrite
+
+
+def set_config(**changes) -> Callable[[Path], None]:
+    def edit(folder: Path) -> None:
+        path = folder / "layert2v_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    return edit
+
+
+def config_text(text: str) -> Callable[[Path], None]:
+    return lambda folder: (folder / "layert2v_config.json").write_text(text)
+
+
+def without(name: str) -> Callable[[Path], None]:
+    return lambda folder: (folder / name).unlink()
+
+
+def widen_lora(name: str) -> Callable[[Path], None]:
+    """Every LoRA pair in `name` gets twice the rank the config says."""
+    def edit(folder: Path) -> None:
+        from safetensors import safe_open
+        from safetensors.torch import save_file
+        import torch
+
+        with safe_open(str(folder / name), "pt") as handle:
             tensors = {k: handle.get_tensor(k) for k in handle.keys()}
             metadata = handle.metadata()
         for key, value in tensors.items():
@@ -300,27 +325,38 @@ def adapter_copy(models: Path, name: str, config_changes: Optional[dict] = None,
                 tensors[key] = torch.cat([value, value])
             elif "lora_B" in key:
                 tensors[key] = torch.cat([value, value], dim=1)
-        save_file(tensors, str(folder / widen_lora), metadata=metadata)
-    return folder.name
+        save_file(tensors, str(folder / name), metadata=metadata)
+    return edit
 
 
-# label, which file, its name, the header changes (each field must be named in the refusal)
+DEEP = "[" * 100_000 + "]" * 100_000
+NESTING_14 = ("reported for #14: a JSON config nested 100,000 deep raises RecursionError in the loader, which "
+              "nodes/errors.py can only report without the file's name; catch it where the file is parsed")
+# label, which file, its name, the change (dict: config fields, str: config text, callable: bytes),
+# what the refusal must name besides the file, and a known issue that waives it
 HOSTILE_HEADERS = [
-    ("DiT num_layers 10,000,000", "dit", "layers_1e7", {"num_layers": 10_000_000}),
-    ("DiT num_layers 'abc'", "dit", "layers_abc", {"num_layers": "abc"}),
-    ("DiT num_attention_heads -2", "dit", "heads_negative", {"num_attention_heads": -2}),
-    ("VAE latents_mean with 3 values", "vae", "mean_3", {"latents_mean": [0.0, 0.1, 0.2]}),
-    ("VAE latents_std all zero", "vae", "std_zero", {"latents_std": [0.0] * 16}),
+    ("DiT num_layers 10,000,000", "dit", "layers_1e7", {"num_layers": 10_000_000}, ("num_layers",), ""),
+    ("DiT num_layers 'abc'", "dit", "layers_abc", {"num_layers": "abc"}, ("num_layers",), ""),
+    ("DiT num_attention_heads -2", "dit", "heads_negative", {"num_attention_heads": -2}, ("num_attention_heads",), ""),
+    ("VAE latents_mean with 3 values", "vae", "mean_3", {"latents_mean": [0.0, 0.1, 0.2]}, ("latents_mean",), ""),
+    ("VAE latents_std all zero", "vae", "std_zero", {"latents_std": [0.0] * 16}, ("latents_std",), ""),
+    ("DiT config a list", "dit", "config_list", "[1, 2]", ("JSON object",), ""),
+    ("DiT config nested 100,000 deep", "dit", "config_deep", DEEP, (), NESTING_14),
+    ("DiT header length 2^62", "dit", "header_2e62", header_length(2**62), ("not a readable safetensors",), ""),
+    ("DiT tensor shape 2^31 x 2^31", "dit", "shape_2e31", first_tensor_shape([2**31, 2**31]),
+     ("not a readable safetensors",), ""),
 ]
 DIT_ADAPTER, MASK_ADAPTER = "dit_adapter.safetensors", "mask_adapter.safetensors"
-# label, adapter folder name, layert2v_config.json changes, the file whose LoRA tensors get twice the rank
+# label, loader node, adapter folder name, edit, what the refusal must name besides the folder, known issue
 HOSTILE_ADAPTERS = [
-    ("adapter text_len 'abc'", "text_len_abc", {"text_len": "abc"}, ""),
-    ("adapter text_len 0", "text_len_0", {"text_len": 0}, ""),
-    ("adapter text_len -5", "text_len_minus5", {"text_len": -5}, ""),
-    ("adapter dit_lora_rank '32'", "rank_string", {"dit_lora_rank": "32"}, ""),
-    ("DiT LoRA tensors of twice the rank", "wide_dit_lora", None, DIT_ADAPTER),
-    ("mask LoRA tensors of twice the rank", "wide_mask_lora", None, MASK_ADAPTER),
+    ("adapter text_len 'abc'", "1", "text_len_abc", set_config(text_len="abc"), ("text_len",), ""),
+    ("adapter text_len 0", "1", "text_len_0", set_config(text_len=0), ("text_len",), ""),
+    ("adapter text_len -5", "1", "text_len_minus5", set_config(text_len=-5), ("text_len",), ""),
+    ("adapter dit_lora_rank '32'", "1", "rank_string", set_config(dit_lora_rank="32"), ("dit_lora_rank",), ""),
+    ("adapter config nested 100,000 deep", "1", "adapter_deep", config_text(DEEP), (), NESTING_14),
+    ("DiT LoRA tensors of twice the rank", "1", "wide_dit_lora", widen_lora(DIT_ADAPTER), (), ""),
+    ("mask LoRA tensors of twice the rank", "2", "wide_mask_lora", widen_lora(MASK_ADAPTER), (), ""),
+    ("adapter folder without its DiT file", "1", "no_dit_file", without(DIT_ADAPTER), (DIT_ADAPTER,), ""),
 ]
 
 
@@ -328,14 +364,18 @@ HOSTILE_ADAPTERS = [
 def hostile_files(comfy_server):
     models = comfy_server.base_dir / "models"
     sources = {"dit": models / "diffusion_models" / DIT, "vae": models / "vae" / VAE}
-    made = [with_header(sources[kind], sources[kind].with_name(f"{FUZZ}{stem}.safetensors"), **changes)
-            for _, kind, stem, changes in HOSTILE_HEADERS]
-    adapters = [adapter_copy(models, stem, changes, widen) for _, stem, changes, widen in HOSTILE_ADAPTERS]
+    made = [hostile_copy(sources[kind], sources[kind].with_name(f"{FUZZ}{stem}.safetensors"), change)
+            for _, kind, stem, change, _, _ in HOSTILE_HEADERS]
+    adapters = []
+    for _, _, stem, edit, _, _ in HOSTILE_ADAPTERS:
+        adapters.append(models / "layert2v" / (FUZZ + stem))
+        shutil.copytree(models / "layert2v" / ADAPTER, adapters[-1])
+        edit(adapters[-1])
     yield
     for path in made:
         path.unlink(missing_ok=True)
-    for name in adapters:
-        shutil.rmtree(models / "layert2v" / name, ignore_errors=True)
+    for folder in adapters:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # ---- output folders that refuse writes ---------------------------------------------------------------------
@@ -509,12 +549,16 @@ NAMED = [
 ]
 
 
-NAMED += [Case("header", label, load_case(*LOADER_INPUT[kind], f"{FUZZ}{stem}.safetensors"), (field, stem),
-                node_type="LayerT2VLoadModel" if kind == "dit" else "LayerT2VLoadVAE", skip=unguarded)
-          for label, kind, stem, changes in HOSTILE_HEADERS for field in changes]
-NAMED += [Case("adapter", label, load_case("2" if widen == MASK_ADAPTER else "1", "adapter_name", FUZZ + stem),
-               tuple(changes or {}) + (stem,), depends=adapter_schema if changes else None)
-          for label, stem, changes, widen in HOSTILE_ADAPTERS]
+def known(why: str) -> Optional[Callable[[], str]]:
+    return (lambda: why) if why else None
+
+
+NAMED += [Case("header", label, load_case(*LOADER_INPUT[kind], f"{FUZZ}{stem}.safetensors"), names + (stem,),
+               node_type="LayerT2VLoadModel" if kind == "dit" else "LayerT2VLoadVAE", skip=unguarded,
+               depends=known(why))
+          for label, kind, stem, _, names, why in HOSTILE_HEADERS]
+NAMED += [Case("adapter", label, load_case(node_id, "adapter_name", FUZZ + stem), names + (stem,), depends=known(why))
+          for label, node_id, stem, _, names, why in HOSTILE_ADAPTERS]
 
 
 # ---- the generated cases ------------------------------------------------------------------------------------
@@ -551,9 +595,8 @@ def generated_cases(object_info: dict) -> list[Case]:
                 kind = widget_kind(spec)
                 for value in MALFORMED.get(kind, []) if kind else []:
                     label = f"{class_type[8:]}.{name}={_label(value)}"
-                    known = KNOWN.get(f"{class_type}.{name}")
                     cases.append(Case("generated", label, _setter(node_id, name, value),
-                                      depends=(lambda why=known: why) if known else None))
+                                      depends=known(KNOWN.get(f"{class_type}.{name}", ""))))
     return cases
 
 

@@ -71,6 +71,8 @@ def test_one_line_caps_the_length():
     (FileNotFoundError(errno.ENOENT, "No such file or directory", "/models/x.safetensors"),
      "Node: x.safetensors: No such file or directory; check the name"),
     (RecursionError("maximum recursion depth exceeded"), "Node: the value is nested too deeply"),
+    (FileNotFoundError("adapter folder 'x' has no dit_adapter.safetensors"),  # our sentence, not the OS's
+     "Node: adapter folder 'x' has no dit_adapter.safetensors"),
 ])
 def test_core_errors_become_one_line(exc, expected):
     assert raised_line("Node", exc).startswith(expected)
