@@ -233,7 +233,7 @@ def test_bad_adapters_are_named(tmp_path):
     dit, _ = make_trained(seed=1)
     folder = save_layert2v_adapter(tmp_path / "a", dit)
     (folder / CONFIG_FILE).write_text("{not json")
-    with pytest.raises(WeightsError, match=f"{CONFIG_FILE} is not valid JSON"):
+    with pytest.raises(WeightsError, match=f"{CONFIG_FILE}': the LayerT2V config is not valid JSON"):
         load_layert2v_adapter(folder)
     (folder / CONFIG_FILE).write_text(json.dumps({"max_foregrounds": 2}))  # adaln has 4 rows, config wants 6
     with pytest.raises(WeightsError, match=r"layer_adaln has shape \(4, 6, 32\).*max_foregrounds=2"):
@@ -362,3 +362,19 @@ def load_safetensors_file(path):
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+def test_configs_nested_too_deeply_are_one_line(tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    path = tiny_dit_file_with_config(tmp_path / "dit.safetensors")
+    save_file(load_safetensors_file(path), str(path), metadata={"diffusers_config": deep})
+    with pytest.raises(SchemaError, match=r"dit.safetensors': the embedded diffusers_config is nested too deeply"):
+        load_wan_transformer(path, dtype=torch.float32)
+    dit, _ = make_trained(seed=1)
+    folder = save_layert2v_adapter(tmp_path / "adapter", dit)
+    (folder / CONFIG_FILE).write_text(deep)
+    with pytest.raises(SchemaError, match=r"layert2v_config.json': the LayerT2V config is nested too deeply"):
+        load_layert2v_adapter(folder)
+    (folder / CONFIG_FILE).write_text("[1, 2]")
+    with pytest.raises(SchemaError, match=r"the LayerT2V config is list, expected a JSON object"):
+        load_layert2v_adapter(folder)

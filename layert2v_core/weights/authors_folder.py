@@ -32,7 +32,6 @@ Pickles (`.pt`, `.bin`) are opened only with torch.load(weights_only=True).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -44,7 +43,7 @@ from ..config import LayerT2VConfig
 from ..dit import LAYER_ADALN_KEY
 from .ema import ema_dit_state
 from .files import WeightsError, load_pickle_weights, load_safetensors
-from .header_schema import check_mask_lora_config, check_peft_config
+from .header_schema import check_mask_lora_config, check_peft_config, parse_json
 from .layert2v_adapter import POST_QUANT_PREFIX, LayerT2VAdapter
 
 logger = logging.getLogger("layert2v")
@@ -217,10 +216,7 @@ def _latent_channels(state: dict, path: Path) -> int:
 
 # ---- helpers -----------------------------------------------------------------------------------
 def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise WeightsError(f"{str(path)!r} is not valid JSON: {err}") from None
+    return parse_json(path.read_bytes(), str(path), ADAPTER_CONFIG)
 
 
 def _load_flat(path: Path) -> dict[str, torch.Tensor]:

@@ -8,6 +8,8 @@ pure Python on the parsed JSON, so a bad value is refused in microseconds with O
 
 Entry points (each returns the dict unchanged when it is valid, raises SchemaError otherwise):
 
+    parse_json(text, where, what)          json.loads; invalid or too deeply nested JSON -> one line
+
     check_dit_config(config, where)        Wan DiT config (the `diffusers_config` in a single file's
                                            header, or a diffusers folder's config.json)
     check_vae_config(config, where)        Wan VAE config (same places)
@@ -33,6 +35,7 @@ problems as one line need no new handler.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -189,6 +192,17 @@ MASK_LORA_FIELDS = {
     "proj_use_attention": Field(_bool),
     "proj_dropout": Field(_number(0.0, 1.0)),
 }
+
+
+def parse_json(text: str | bytes, where: str, what: str = "config") -> Any:
+    """json.loads with every failure as one SchemaError line: invalid JSON, bad encoding, or nesting so
+    deep that the parser recurses out (a hostile file, e.g. 100,000 nested brackets)."""
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SchemaError(f"{where!r}: the {what} is not valid JSON ({err})") from None
+    except RecursionError:
+        raise SchemaError(f"{where!r}: the {what} is nested too deeply to be a config") from None
 
 
 def _check(config: Any, fields: dict[str, Field], where: str, what: str, closed: bool) -> dict:

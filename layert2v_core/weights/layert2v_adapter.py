@@ -13,7 +13,6 @@ Writes are atomic (temporary file or folder, then rename); reads use safetensors
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -24,7 +23,7 @@ import torch
 
 from ..config import LayerT2VConfig
 from ..dit import LAYER_ADALN_KEY
-from .header_schema import SchemaError
+from .header_schema import SchemaError, parse_json
 from .files import (
     WeightsError,
     atomic_save_safetensors,
@@ -251,12 +250,11 @@ def _load_folder(folder: Path) -> LayerT2VAdapter:
 
 
 def _parse_config(text: str, where: str) -> LayerT2VConfig:
+    data = parse_json(text, where, "LayerT2V config")
     try:
-        return LayerT2VConfig.from_json(text, where)
+        return LayerT2VConfig.from_dict(data, where)
     except SchemaError:
         raise
-    except json.JSONDecodeError as err:
-        raise WeightsError(f"{where} is not valid JSON: {err}") from None
     except (TypeError, ValueError) as err:
         raise WeightsError(f"{where} is not a valid LayerT2V config: {err}") from None
 

@@ -16,7 +16,7 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers, convert_wan_vae_to_diffusers
 
 from . import wan_keys
-from .header_schema import check_dit_config, check_vae_config
+from .header_schema import check_dit_config, check_vae_config, parse_json
 from .files import (
     PICKLE_SUFFIXES,
     CorruptWeightsError,
@@ -60,7 +60,7 @@ def _config_dict(config: dict | str | Path, component: str) -> dict:
     path = Path(config)
     if path.is_dir():
         path = path / component / "config.json" if (path / component).is_dir() else path / "config.json"
-    return json.loads(path.read_text())
+    return parse_json(path.read_bytes(), str(path), "config")
 
 
 def build_transformer_from_config(config: dict | str | Path, device=None, dtype=None) -> WanTransformer3DModel:
@@ -132,10 +132,7 @@ def embedded_config(path: Path, component: _Component) -> dict:
     text = read_safetensors_index(path).metadata.get(EMBEDDED_CONFIG_KEY)
     if not text:
         return {}
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise CorruptWeightsError(f"{str(path)!r}: its embedded {EMBEDDED_CONFIG_KEY} is not valid JSON ({err})") from None
+    config = parse_json(text, str(path), f"embedded {EMBEDDED_CONFIG_KEY}")
     component.check(config, str(path))  # bounds first: a damaged header must not build for minutes
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
@@ -231,10 +228,7 @@ def _load_diffusers_folder(component, folder: Path, dtype):
         raise WeightsError(
             f"{str(folder)!r} is not a diffusers model folder: no config.json in it or in {component.name}/"
         )
-    try:
-        config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CorruptWeightsError(f"{str(config_path)!r} is not valid JSON ({err})") from None
+    config = parse_json(config_path.read_bytes(), str(config_path), "config.json")
     class_name = config.get("_class_name") if isinstance(config, dict) else None
     if class_name != component.cls.__name__:
         raise WrongModelError(
