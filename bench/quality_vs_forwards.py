@@ -3,6 +3,8 @@ scored with training/eval_demo.py's metrics on the same prompts and seeds, with 
 
     .venv/bin/python bench/quality_vs_forwards.py                 # 64 seen-split prompts, every setting (CPU, 1 thread)
     .venv/bin/python bench/quality_vs_forwards.py --table         # the table from saved results
+    .venv/bin/python bench/quality_vs_forwards.py --settings cache_0.15 --out more.json   # more rows ...
+    .venv/bin/python bench/quality_vs_forwards.py --table bench/results/quality_vs_forwards.json more.json
     .venv/bin/python bench/quality_vs_forwards.py --prompts 4 --settings baseline cache_0.1  # smoke
 
 A forward = one sample through the DiT's block stack (a CFG-batched step is two; a cached step none).
@@ -41,6 +43,9 @@ SETTINGS = {
     "cfg_half_skip": {"cfg_end": 0.5, "cfg_outside": "skip"},
     "cache_0.2": {"cache_threshold": 0.2},
     "cache_0.05": {"cache_threshold": 0.05},
+    "cache_0.1_max3": {"cache_threshold": 0.1, "cache_max_skips": 3},
+    "cache_0.15": {"cache_threshold": 0.15},
+    "cache_0.08+cfg_0.6_reuse": {"cache_threshold": 0.08, "cfg_end": 0.6, "cfg_outside": "reuse"},
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "quality_vs_forwards.json"
 
@@ -78,24 +83,33 @@ def interval(values) -> tuple[float, float]:
 def markdown(results: dict) -> str:
     metrics = eval_demo.METRICS
     base = results["settings"].get("baseline")
-    head = "| setting | forwards / generation | fewer forwards | " + " | ".join(h for _, h, _ in metrics) + " |"
-    lines = [head, "|" + "---|" * (len(metrics) + 3)]
+    head = ("| setting | forwards / generation | fewer forwards | " + " | ".join(h for _, h, _ in metrics)
+            + " | worse than baseline: paired / mean outside its interval |")
+    lines = [head, "|" + "---|" * (len(metrics) + 4)]
     for name, row in results["settings"].items():
         fwd = float(np.mean(row["forwards"]))
         ratio = float(np.mean(base["forwards"])) / fwd if base and fwd else float("nan")
-        cells = []
-        for key, _, higher in metrics:
+        cells, paired_worse, outside_worse = [], [], []
+        for key, title, higher in metrics:
             values = [s[key] for s in row["scores"]]
             mean, half = interval(values)
             digits = 3 if key == "consistency" else 2
             cell = f"{mean:.{digits}f} ± {half:.{digits}f}"
             paired = min(len(values), len(base["scores"])) if base else 0
+            if base and name != "baseline":
+                base_mean, base_half = interval([s[key] for s in base["scores"]])
+                if (mean < base_mean - base_half) if higher else (mean > base_mean + base_half):
+                    outside_worse.append(title)
             if base and name != "baseline" and paired > 1:  # same prompts and seeds: paired difference
                 diff, dhalf = interval(np.array(values[:paired]) - np.array([s[key] for s in base["scores"][:paired]]))
                 if abs(diff) > dhalf:  # paired 95 % interval excludes 0
                     better = (diff > 0) == higher
-                    cell += f" ({'+' if diff > 0 else '−'}{abs(diff):.{digits}f} {'better' if better else 'WORSE'})"
+                    cell += f" ({'+' if diff > 0 else '−'}{abs(diff):.{digits + 1}f} {'better' if better else 'WORSE'})"
+                    if not better:
+                        paired_worse.append(title)
             cells.append(cell)
+        verdict = "-" if name == "baseline" else f"{', '.join(paired_worse) or 'none'} / {', '.join(outside_worse) or 'none'}"
+        cells.append(verdict)
         lines.append(f"| {name} (n={len(row['scores'])}) | {fwd:.1f} | {ratio:.2f}x | " + " | ".join(cells) + " |")
     counts = sorted({len(row["scores"]) for row in results["settings"].values()})
     n = "/".join(map(str, counts))
@@ -125,11 +139,17 @@ def main(argv=None) -> None:
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(DEFAULT_OUT))
-    parser.add_argument("--table", action="store_true", help="print the table of the saved --out and stop")
+    parser.add_argument("--table", nargs="*", default=None, metavar="JSON",
+                        help="print one table from saved results (default: --out) and stop; rows of later files "
+                             "join the first file's (same prompts and seeds, so paired with its baseline)")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    if args.table:
-        print(markdown(json.loads(out.read_text())))
+    if args.table is not None:
+        files = args.table or [out]
+        merged = json.loads(Path(files[0]).read_text())
+        for extra in files[1:]:
+            merged["settings"].update(json.loads(Path(extra).read_text())["settings"])
+        print(markdown(merged))
         return
     torch.set_num_threads(args.threads)
     pipeline = eval_demo.load_pipeline(args)
