@@ -81,12 +81,13 @@ class LayeredWanTransformer(nn.Module):
         return LORA_ADAPTER_NAME in getattr(self.base, "peft_config", {})
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        sd = {LAYER_ADALN_KEY: self.layer_adaln.detach()}
+        """Whole tensors; when the model is sharded (FSDP) each is gathered, so every process must call it."""
+        sd = {LAYER_ADALN_KEY: _whole(self.layer_adaln.detach())}
         if self.has_lora:
             from peft import get_peft_model_state_dict
 
             lora = get_peft_model_state_dict(self.base, adapter_name=LORA_ADAPTER_NAME)
-            sd.update({f"lora.{k}": v.detach() for k, v in lora.items()})
+            sd.update({f"lora.{k}": _whole(v.detach()) for k, v in lora.items()})
         return sd
 
     def load_adapter_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
@@ -246,6 +247,10 @@ class LayeredWanBlock(WanTransformerBlock):
             return super().forward(hidden_states, encoder_hidden_states, temb, rotary_emb)
         return LayeredWanTransformer._block(self, hidden_states, encoder_hidden_states, temb, rotary_emb,
                                             routes, segments)
+
+
+def _whole(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if hasattr(t, "full_tensor") else t  # a DTensor shard (FSDP): all-gather it
 
 
 def _routed_cross_attention(attn, queries, text, routes, segments):

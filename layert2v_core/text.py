@@ -120,7 +120,11 @@ def find_text_encoder_folders(path: str | Path) -> tuple[Path, Path]:
 class TextEncoder:
     """UMT5 encoder + tokenizer with an LRU cache of prompt embeddings (keyed by the cleaned prompt)."""
 
-    def __init__(self, model, tokenizer, text_len: int = 512, device=None, cache_size: int = 32):
+    def __init__(self, model, tokenizer, text_len: int = 512, device=None, cache_size: int = 32,
+                 cache_bytes: int | None = None, cache_device=None):
+        """cache_size: most prompts kept; cache_bytes: most bytes kept (None: no byte bound);
+        cache_device: where cached embeddings live (None: `device`; "cpu" keeps a long training run's
+        cache out of GPU memory, each hit is copied back to `device`)."""
         if text_len < 1:
             raise ValueError(f"text_len={text_len} is not valid: it must be 1 or more (Wan uses 512)")
         self.model = model.eval().requires_grad_(False)
@@ -129,7 +133,10 @@ class TextEncoder:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.dim = int(model.config.d_model)
         self.cache_size = int(cache_size)
+        self.cache_bytes = None if cache_bytes is None else int(cache_bytes)
+        self.cache_device = torch.device(cache_device) if cache_device is not None else self.device
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._cached_bytes = 0
 
     @classmethod
     def from_folder(
@@ -139,13 +146,16 @@ class TextEncoder:
         dtype: torch.dtype = torch.bfloat16,
         device="cpu",
         cache_size: int = 32,
+        cache_bytes: int | None = None,
+        cache_device=None,
     ) -> "TextEncoder":
         from transformers import AutoTokenizer, UMT5EncoderModel
 
         tok_dir, model_dir = find_text_encoder_folders(path)
         tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
         model = UMT5EncoderModel.from_pretrained(model_dir, local_files_only=True, dtype=dtype, use_safetensors=True)
-        return cls(model.to(device), tokenizer, text_len=text_len, device=device, cache_size=cache_size)
+        return cls(model.to(device), tokenizer, text_len=text_len, device=device, cache_size=cache_size,
+                   cache_bytes=cache_bytes, cache_device=cache_device)
 
     # ---- encoding ----------------------------------------------------------------------------
     def encode(self, prompt: str) -> torch.Tensor:
@@ -153,12 +163,16 @@ class TextEncoder:
         key = clean_prompt(prompt)
         if key in self._cache:
             self._cache.move_to_end(key)
-            return self._cache[key].clone()  # a clone: callers may edit it without poisoning the cache
+            # a copy: callers may edit it without poisoning the cache
+            return self._cache[key].to(self.device, copy=True)
         embedding = self._encode_uncached(key)
         if self.cache_size > 0:
-            self._cache[key] = embedding
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+            kept = embedding.to(self.cache_device, copy=True)
+            self._cache[key] = kept
+            self._cached_bytes += kept.nbytes
+            while self._cache and (len(self._cache) > self.cache_size
+                                   or (self.cache_bytes is not None and self._cached_bytes > self.cache_bytes)):
+                self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
         return embedding.clone()
 
     def encode_many(self, prompts: list[str]) -> torch.Tensor:
@@ -202,6 +216,7 @@ class TextEncoder:
 
     def clear_cache(self) -> None:
         self._cache.clear()
+        self._cached_bytes = 0
 
 
 def encode_layer_prompts(

@@ -113,6 +113,54 @@ def test_mask_loss_decodes_through_the_mask_vae_and_skips_given_masks(mask_vae):
     assert float(losses.mask_decoding(mask_vae.decode_alpha, latent, alpha, layout, weight)) == 0.0
 
 
+def test_early_backward_mask_loss_has_the_same_value_and_gradient(mask_vae):
+    """Decoding each (sample, mask) with its backward run at once is the same objective, exactly."""
+    layout = LayerLayout(1, 5, 16, 16)
+    latent, _ = composited_latent(layout, seed=4)
+    alpha = torch.rand(2, 1, 5, 16, 16)
+    weight = torch.ones(2, layout.num_segments)
+    results = []
+    for early in (False, True):
+        x0_hat = (latent * 1.0).requires_grad_(True)
+        loss = losses.mask_decoding(mask_vae.decode_alpha, x0_hat * 2.0, alpha, layout, weight, early_backward=early)
+        (3.0 * loss).backward()
+        results.append((float(loss), x0_hat.grad.clone()))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    assert results[0][1].abs().sum() > 0
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-5, atol=1e-7)
+
+
+def test_mask_loss_on_a_crop_decodes_only_that_square_and_scores_its_interior(mask_vae):
+    layout = LayerLayout(1, 5, 64, 64)                   # 8x8 latent pixels per frame
+    latent, _ = composited_latent(layout, seed=3)
+    alpha = torch.rand(1, 1, 5, 64, 64)
+    weight = torch.ones(1, layout.num_segments)
+    seen = []
+
+    def decode(z):
+        seen.append(tuple(z.shape[-2:]))
+        return mask_vae.decode_alpha(z)
+
+    x0_hat = latent[:1].clone().requires_grad_(True)
+    crop = (2, 3, 4, 1)                                  # top, left, size, margin (latent pixels)
+    loss = losses.mask_decoding(decode, x0_hat, alpha, layout, weight, crop=crop)
+    loss.backward()
+    assert seen == [(4, 4)]
+    grad = x0_hat.grad[:, :, layout.time_slice("mask_1")].abs().sum(dim=(0, 1, 2))
+    assert grad[2:6, 3:7].sum() > 0 and grad.sum() == grad[2:6, 3:7].sum()  # nothing outside the crop
+    # the same number, computed by hand: decode the cut, score 8 px in from every cut edge
+    z = latent[:1][:, :, layout.time_slice("mask_1")][..., 2:6, 3:7]
+    pred = mask_vae.decode_alpha(z)[..., 8:24, 8:24]
+    target = alpha[:, :1, :, 16:48, 24:56][..., 8:24, 8:24]
+    expected = losses.reconstruction(pred, target) + 0.1 * losses.gradient_l1(pred, target)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+    # a crop that covers the frame is no crop; edges at the image border are kept
+    assert losses.draw_mask_crop(layout, 8, 1, torch.Generator()) is None
+    full = losses.mask_decoding(mask_vae.decode_alpha, latent[:1], alpha, layout, weight)
+    border = losses.mask_decoding(mask_vae.decode_alpha, latent[:1], alpha, layout, weight, crop=(0, 0, 8, 1))
+    assert float(border) == pytest.approx(float(full), rel=1e-6)
+
+
 def test_alpha_latent_grid_follows_the_vae_grouping():
     layout = LayerLayout(2, 9, 16, 32)
     alpha = torch.zeros(1, 2, 9, 16, 32)

@@ -50,6 +50,7 @@ class DataConfig:
     cache_latents: bool = False           # precompute VAE latents + text embeddings (clips become deterministic)
     cache_dir: Optional[str] = None       # default: <output_dir>/latent_cache
     text_dropout: float = 0.1             # probability of the negative ("") prompt in every slot: trains CFG
+    text_cache_gib: float = 1.0           # prompt-embedding cache, in CPU RAM (never on the GPU)
     # Stage 0 VAE: each example is one of these layers, drawn uniformly (alpha is replicated to RGB,
     # so the frozen encoder also serves the mask VAE of stage 1).
     vae_layers: list = field(default_factory=lambda: ["full", "background", "foreground", "alpha"])
@@ -123,6 +124,14 @@ class LossConfig:
     # frames 0..4(n-1) exactly). null = all. Backprop through the Wan decoder at 384x672x41 would
     # hold ~100 GB of activations; the paper-scale config decodes 3 (9 frames, stage 1's clip length).
     mask_latent_frames: Optional[int] = None
+    # Decode a random square crop of this many latent pixels (x8 px) of each mask latent for L_mask, and
+    # score its interior (mask_crop_margin latent pixels in from cut edges: near a cut the decoder sees
+    # zero padding instead of neighbours). null = whole frame. Bounds decoder backprop memory at 384x672.
+    mask_crop: Optional[int] = None
+    mask_crop_margin: int = 1
+    # Backward each (sample, mask layer) decode right away and free it (losses.mask_decoding): the
+    # same objective and gradient with one decode alive instead of batch x K. Exact; costs nothing.
+    mask_early_backward: bool = False
 
 
 @dataclass
@@ -151,6 +160,21 @@ class EvalConfig:
 
 
 @dataclass
+class DistributedConfig:
+    strategy: str = "ddp"                 # ddp: replicated (default) | fsdp: torch FSDP2, each DiT block + the DiT sharded
+    timeout_s: float = 1800.0             # every collective gives up (raises) after this instead of hanging
+    # Barrier while the main process evaluates; None: from the eval's own compute estimate (engine).
+    eval_timeout_s: Optional[float] = None
+
+
+@dataclass
+class MemoryConfig:
+    """The per-GPU memory plan printed before training (layert2v_core/memory_training.py)."""
+    check: bool = True                    # refuse a config whose estimate exceeds budget_gib
+    budget_gib: Optional[float] = None    # None: the device's total memory (CUDA) / available RAM (CPU)
+
+
+@dataclass
 class RunConfig:
     stage: str
     output_dir: str
@@ -168,6 +192,8 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
 
     def __post_init__(self):
         if self.stage not in STAGES:
@@ -175,6 +201,8 @@ class RunConfig:
         self.phases = [p if isinstance(p, PhaseConfig) else _build(PhaseConfig, p, "phases[]") for p in self.phases]
         if not self.phases:
             raise ValueError("phases: at least one resolution phase is needed")
+        if self.distributed.strategy not in ("ddp", "fsdp"):
+            raise ValueError(f"distributed.strategy={self.distributed.strategy!r}: choose ddp or fsdp")
 
     @property
     def total_steps(self) -> int:

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from contextlib import nullcontext
+from datetime import timedelta
 from pathlib import Path
 from typing import Optional, Protocol
 
@@ -24,8 +25,10 @@ from layert2v_core.weights.files import atomic_write_text
 from .checkpoint import TrainerState, find_latest, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import PhaseConfig, RunConfig, dump_config
 from .data.order import BatchOrder, ResumableBatchSampler
+from . import sharding
 from .ema import EMA
-from .optim import build_optimizer, build_scheduler
+from .eval_hook import eval_barrier_timeout
+from .optim import build_optimizer, build_scheduler, require_fp32, to_fp32_master
 from .timesteps import make_generator, seed_everything
 
 logger = logging.getLogger("training")
@@ -64,16 +67,19 @@ class Trainer:
     # ---- setup -----------------------------------------------------------------------------------
     def _accelerator(self):
         from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs
+        from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        # Bounded collectives: a rank that never arrives makes the others raise, not hang forever.
+        timeout = timedelta(seconds=self.config.distributed.timeout_s)
         return Accelerator(
             # Without CUDA, processes started by a launcher become a gloo (MULTI_CPU) group.
             cpu=not torch.cuda.is_available(),
             mixed_precision=self.config.mixed_precision,
             log_with="tensorboard",
             project_dir=str(self.output_dir),
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False),
+                             InitProcessGroupKwargs(timeout=timeout)],
         )
 
     def _loader(self, phase_index: int, start_batches: int, accelerator):
@@ -104,10 +110,21 @@ class Trainer:
         rank = accelerator.process_index
         seed_everything(cfg.seed + rank)
         model = self.task.setup(accelerator)
+        to_fp32_master(self.task.named_trainable())  # peft creates LoRA in the frozen base's dtype (bf16)
+        self._memory_plan(accelerator, model)
+        self.sharded = cfg.distributed.strategy == "fsdp" and accelerator.num_processes > 1
+        if self.sharded:
+            sharding.shard(model, cfg.stage)  # replaces parameters by sharded ones: collect them after
         named = self.task.named_trainable()
         params = list(named.values())
         optimizer = build_optimizer(params, cfg.optim)
-        model, optimizer = accelerator.prepare(model, optimizer)
+        require_fp32(named, optimizer)
+        if self.sharded:
+            optimizer = accelerator.prepare(optimizer)
+        else:
+            model, optimizer = accelerator.prepare(model, optimizer)
+        self.optimizer = optimizer
+        self._eval_group = self._make_eval_group(accelerator)
         # The scheduler is stepped by us once per optimizer step (accelerate's wrapper would step it
         # once per process).
         scheduler = build_scheduler(optimizer.optimizer, cfg.optim, cfg.total_steps)
@@ -158,7 +175,7 @@ class Trainer:
                 batch = next(data)
                 inputs = self.task.make_inputs(batch, phase, generator)
                 sync = micro == accum - 1
-                with (nullcontext() if sync else accelerator.no_sync(model)):
+                with self._sync(accelerator, model, sync), accelerator.autocast():
                     out = model(**inputs)
                     accelerator.backward(out["loss"] / accum)
                 for k, v in out.items():
@@ -201,14 +218,38 @@ class Trainer:
         self._check_in_sync(accelerator, params)
 
         if state.step >= cfg.total_steps:
-            with self._full_params(accelerator):
-                if accelerator.is_main_process:
-                    self._export(ema, self.output_dir / "adapter")
+            self._export_adapter(accelerator, ema, self.output_dir / "adapter")
             accelerator.wait_for_everyone()
             if cfg.eval.enabled:
                 self._evaluate(accelerator, ema, state.step)
         accelerator.end_training()
         return self.history
+
+    # ---- distributed -------------------------------------------------------------------------------
+    def _sync(self, accelerator, model, sync: bool):
+        if self.sharded:
+            return sharding.gradient_sync(model, sync)
+        return nullcontext() if sync else accelerator.no_sync(model)
+
+    def _memory_plan(self, accelerator, model) -> None:
+        """Print the per-GPU estimate of this run and refuse one that cannot fit (names what to change)."""
+        from .memory_plan import check_run_memory
+
+        plan = check_run_memory(self.config, self.task, accelerator)
+        if plan is not None and accelerator.is_main_process:
+            logger.info("memory plan per process:\n%s", plan.table())
+
+    def _make_eval_group(self, accelerator):
+        """A gloo group for the barrier the other processes wait at while the main one evaluates, with a
+        timeout taken from the evaluation's own estimate (the run's collective timeout could trip)."""
+        if accelerator.num_processes == 1 or not self.config.eval.enabled or self.sharded:
+            return None
+        import torch.distributed as dist
+
+        seconds = eval_barrier_timeout(self.config, self.task, accelerator.device)
+        if accelerator.is_main_process:
+            logger.info("evaluation barrier timeout: %.0f s", seconds)
+        return dist.new_group(backend="gloo", timeout=timedelta(seconds=seconds))
 
     # ---- helpers -----------------------------------------------------------------------------------
     def _resume_point(self) -> Optional[Path]:
@@ -234,14 +275,11 @@ class Trainer:
         else:
             self.task.export(folder)
 
-    @staticmethod
-    def _check_in_sync(accelerator, params) -> None:
+    def _check_in_sync(self, accelerator, params) -> None:
         """DDP must leave every process with the same weights; a cheap fingerprint proves it."""
         if accelerator.num_processes == 1:
             return
-        from accelerate.utils import DistributedType
-
-        if accelerator.distributed_type == DistributedType.FSDP:
+        if sharding.is_sharded(self.model):
             return  # sharded: ranks hold different pieces by design
         with torch.no_grad():
             fingerprint = torch.stack([torch.stack([p.float().sum(), p.float().abs().sum()]) for p in params]).flatten()
@@ -252,45 +290,81 @@ class Trainer:
     def _check_fsdp(self, accelerator) -> None:
         from accelerate.utils import DistributedType
 
-        if accelerator.distributed_type != DistributedType.FSDP:
+        if accelerator.distributed_type == DistributedType.FSDP:
+            raise ValueError("accelerate's FSDP plugin is not used: launch with a DDP/multi-GPU accelerate config "
+                             "and set distributed.strategy: fsdp in the run config")
+        if not self.sharded:
             return
         if self.config.ema.enabled:
             raise ValueError("FSDP: set ema.enabled: false (EMA shadows of sharded parameters are not gathered)")
         if self.resume not in (None, "", "none"):
             raise ValueError("FSDP: --resume is not supported (sharded optimizer state); use DDP for Wan2.1-1.3B")
 
-    def _full_params(self, accelerator):
-        """Under FSDP, gather full parameters (all ranks) so exports and checkpoints see whole tensors."""
-        from accelerate.utils import DistributedType
+    def _export_adapter(self, accelerator, ema: Optional[EMA], folder: Path) -> None:
+        """Main process writes `folder`. Sharded: every process exports (the adapter's tensors are gathered,
+        a collective), the others into a scratch folder."""
+        import tempfile
 
-        if accelerator.distributed_type != DistributedType.FSDP:
-            return nullcontext()
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
-        return FullyShardedDataParallel.summon_full_params(self.model, writeback=False)
+        if not self.sharded:
+            if accelerator.is_main_process:
+                self._export(ema, folder)
+            return
+        with tempfile.TemporaryDirectory() as scratch:
+            self._export(ema, folder if accelerator.is_main_process else Path(scratch) / "adapter")
 
     def _save(self, accelerator, state, named, ema, optimizer, scheduler, generator) -> None:
-        with self._full_params(accelerator):
-            self._save_gathered(accelerator, state, named, ema, optimizer, scheduler, generator)
+        import shutil
+        import tempfile
 
-    def _save_gathered(self, accelerator, state, named, ema, optimizer, scheduler, generator) -> None:
-        save_checkpoint(
-            accelerator, self.output_dir, state,
-            trainable={k: p.detach() for k, p in named.items()},
-            ema_state=ema.state_dict() if ema is not None else None,
-            optimizer=optimizer.optimizer, scheduler=scheduler, generator=generator,
-            export_adapter=lambda folder: self._export(ema, folder),
-            keep_last=self.config.checkpoint.keep_last,
-        )
+        trainable = sharding.full_tensors(named)  # every process: a collective under FSDP
+        export = lambda folder: self._export(ema, folder)  # noqa: E731
+        with tempfile.TemporaryDirectory() as staging:
+            if self.sharded:
+                optimizer = _NotSaved("sharded optimizer state is not saved: FSDP runs do not resume")
+                self._export_adapter(accelerator, ema, Path(staging) / "adapter")
+                export = lambda folder: shutil.copytree(Path(staging) / "adapter", folder)  # noqa: E731
+            save_checkpoint(
+                accelerator, self.output_dir, state,
+                trainable=trainable,
+                ema_state=ema.state_dict() if ema is not None else None,
+                optimizer=getattr(optimizer, "optimizer", optimizer), scheduler=scheduler, generator=generator,
+                export_adapter=export,
+                keep_last=self.config.checkpoint.keep_last,
+            )
 
     def _evaluate(self, accelerator, ema: Optional[EMA], step: int) -> None:
+        if self.sharded:  # every process runs the sharded forward; only the main one keeps the sheet
+            self._evaluate_here(ema, step, self.output_dir if accelerator.is_main_process else None)
+            accelerator.wait_for_everyone()
+            return
         if accelerator.is_main_process:
-            # The eval draws its own seeded noise; the training RNGs must not notice it ran.
-            with torch.random.fork_rng(devices=[]), (ema.swapped_in() if ema is not None else nullcontext()):
-                path = self.task.evaluate(self.output_dir, step)
-            if path is not None:
-                logger.info("eval sheet: %s", path)
-        accelerator.wait_for_everyone()
+            self._evaluate_here(ema, step, self.output_dir)
+        if self._eval_group is not None:
+            import torch.distributed as dist
+
+            dist.barrier(group=self._eval_group)  # its timeout covers the evaluation, not the run's default
+        else:
+            accelerator.wait_for_everyone()
+
+    def _evaluate_here(self, ema: Optional[EMA], step: int, output_dir: Optional[Path]) -> None:
+        import tempfile
+
+        # The eval draws its own seeded noise; the training RNGs must not notice it ran.
+        with torch.random.fork_rng(devices=[]), (ema.swapped_in() if ema is not None else nullcontext()), \
+                tempfile.TemporaryDirectory() as scratch:
+            path = self.task.evaluate(output_dir or Path(scratch), step)
+        if path is not None and output_dir is not None:
+            logger.info("eval sheet: %s", path)
+
+
+class _NotSaved:
+    """Stands in for an optimizer whose state a checkpoint does not hold (sharded runs)."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def state_dict(self) -> dict:
+        return {"not_saved": self.reason}
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -113,3 +113,31 @@ def alpha_contact_sheet(gt: torch.Tensor, pred: torch.Tensor, path: str | Path) 
             rows.append([np.repeat(x[..., None], 3, axis=-1) for x in (g, p, np.abs(g - p))])
             row_labels.append(f"m{n} f{f}")
     return save_sheet(rows, ["GT alpha", "decoded", "|error|"], path, row_labels)
+
+
+# ---- how long an evaluation may take (the barrier the other processes wait at) ----------------------
+EVAL_FLOPS = {"cuda": 100e12, "cpu": 20e9}   # sustained FLOP/s assumed: 1/8 of an H200's bf16 peak; a CPU core pair
+EVAL_SAFETY = 4.0                             # the barrier waits this many times the estimate
+
+
+def eval_seconds_estimate(config, task, device) -> float:
+    """DiT compute of the run's evaluation: prompts x steps x (2 with CFG) forwards of 2 * params * tokens
+    FLOPs plus attention (4 * tokens^2 * dim per layer), at EVAL_FLOPS; the VAE decode adds half."""
+    dit = getattr(task, "dit", None)
+    if dit is None:
+        return 0.0
+    ev, last = config.eval, config.phases[-1]
+    layout = task.encoder.layout(ev.num_foregrounds, ev.num_frames or last.num_frames, ev.height or last.height,
+                                 ev.width or last.width)
+    tokens, params = layout.num_tokens, sum(p.numel() for p in dit.parameters())
+    per_forward = 2 * params * tokens + 4 * tokens ** 2 * dit.inner_dim * len(dit.base.blocks)
+    forwards = ev.num_prompts * ev.steps * (2 if ev.cfg > 1 else 1)
+    return 1.5 * forwards * per_forward / EVAL_FLOPS.get(torch.device(device).type, EVAL_FLOPS["cpu"])
+
+
+def eval_barrier_timeout(config, task, device) -> float:
+    """Seconds the other processes wait for the main one's evaluation: distributed.eval_timeout_s when
+    set, else EVAL_SAFETY x the estimate, never less than the run's collective timeout."""
+    if config.distributed.eval_timeout_s is not None:
+        return float(config.distributed.eval_timeout_s)
+    return max(config.distributed.timeout_s, EVAL_SAFETY * eval_seconds_estimate(config, task, device))

@@ -139,11 +139,18 @@ def mask_decoding(
     gradient_weight: float = 0.1,
     kind: str = "smooth_l1",
     latent_frames: int | None = None,
+    crop: tuple[int, int, int, int] | None = None,
+    early_backward: bool = False,
 ) -> torch.Tensor:
     """L_mask = rec(A^, A) + gradient_weight * Sobel-gradient L1, A^ decoded from each x0^ mask latent.
 
     weight (B, L): 1 where the mask segment was generated (given segments are skipped).
     latent_frames: decode only the first n latent frames (frames 0..4(n-1) of the clip).
+    crop: (top, left, size, margin) in latent pixels: decode that square of each mask latent and score
+    the decoded pixels at least `margin` latent pixels away from a cut edge (image borders are kept).
+    early_backward: run each (sample, mask layer) decode's backward at once, keep only its gradient on
+    the latent, and free its graph: the same value and gradient, with one decode's activations alive at
+    a time instead of B * K of them (the decoder is frozen, so nothing else receives gradients there).
     """
     n = layout.latent_frames if latent_frames is None else max(1, min(latent_frames, layout.latent_frames))
     frames = 4 * (n - 1) + 1
@@ -154,8 +161,65 @@ def mask_decoding(
         keep = weight[:, seg.position] > 0
         if not bool(keep.any()):
             continue
-        pred = decode_alpha(parts[seg.name][keep][:, :, :n])                     # (b, 1, frames, H, W)
+        latent = parts[seg.name][keep][:, :, :n]
         target = alpha[keep, seg.foreground - 1, :frames].unsqueeze(1)
-        total = total + reconstruction(pred, target, kind) + gradient_weight * gradient_l1(pred, target)
+
+        def term(z, a):
+            if crop is not None:
+                z, a, inner = _crop(z, a, crop)
+                pred = decode_alpha(z)[..., inner[0], inner[1]]                  # (b, 1, frames, h, w)
+                a = a[..., inner[0], inner[1]]
+            else:
+                pred = decode_alpha(z)                                           # (b, 1, frames, H, W)
+            return reconstruction(pred, a, kind) + gradient_weight * gradient_l1(pred, a)
+
+        if early_backward and latent.requires_grad and torch.is_grad_enabled():
+            total = total + _term_with_early_backward(term, latent, target)
+        else:
+            total = total + term(latent, target)
         count += 1
     return total / max(1, count)
+
+
+def _term_with_early_backward(term, latent: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """mean_b term(latent[b], target[b]) with each sample's decoder graph freed before the next one:
+    the returned tensor has the mean's value and passes the exact gradient d(mean)/d(latent) back."""
+    values, grads = [], []
+    for b in range(latent.shape[0]):
+        leaf = latent[b:b + 1].detach().requires_grad_(True)
+        value = term(leaf, target[b:b + 1])
+        grads.append(torch.autograd.grad(value, leaf)[0])
+        values.append(value.detach())
+    grad = torch.cat(grads) / latent.shape[0]
+    link = (latent * grad).sum()                     # value 0 after the subtraction, gradient `grad`
+    return torch.stack(values).mean() + link - link.detach()
+
+
+def _crop(latent: torch.Tensor, target: torch.Tensor, crop: tuple[int, int, int, int]):
+    """Cut a (size x size) latent square at (top, left) and the matching 8x pixels of the target;
+    returns them and the pixel slices (rows, cols) of the scored interior."""
+    top, left, size, margin = crop
+    h, w = latent.shape[-2:]
+    scale = target.shape[-1] // w
+    bottom, right = min(h, top + size), min(w, left + size)
+    latent = latent[..., top:bottom, left:right]
+    target = target[..., top * scale:bottom * scale, left * scale:right * scale]
+
+    def inner(start, stop, full):
+        lo = 0 if start == 0 else margin * scale
+        hi = (stop - start) * scale - (0 if stop == full else margin * scale)
+        return slice(lo, hi)
+
+    return latent, target, (inner(top, bottom, h), inner(left, right, w))
+
+
+def draw_mask_crop(layout: LayerLayout, size: int | None, margin: int, generator: torch.Generator):
+    """(top, left, size, margin) of a random latent crop, or None when the crop covers the frame."""
+    h, w = layout.latent_height, layout.latent_width
+    if not size or (size >= h and size >= w):
+        return None
+    if size <= 2 * margin:
+        raise ValueError(f"loss.mask_crop={size} must be more than twice loss.mask_crop_margin={margin}")
+    top = int(torch.randint(0, max(1, h - size + 1), (1,), generator=generator))
+    left = int(torch.randint(0, max(1, w - size + 1), (1,), generator=generator))
+    return top, left, size, margin

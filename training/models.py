@@ -48,7 +48,11 @@ def build_vae(cfg: ModelConfig, device):
     if cfg.kind == "tiny":
         from layert2v_core.tiny import build_tiny_vae
 
-        vae = build_tiny_vae(seed=cfg.seed)
+        from diffusers import AutoencoderKLWan
+
+        arch = cfg.architecture.get("vae")  # a random VAE of that config (memory plans at real sizes)
+        vae = build_tiny_vae(seed=cfg.seed) if arch is None else _random(lambda: AutoencoderKLWan(**arch), cfg.dtype,
+                                                                          cfg.seed)
     elif cfg.kind == "wan":
         from layert2v_core.weights.wan_single_file import load_wan_vae
 
@@ -58,15 +62,18 @@ def build_vae(cfg: ModelConfig, device):
     return vae.to(device).eval().requires_grad_(False)
 
 
-def build_text_encoder(cfg: ModelConfig, text_len: int, device) -> TextEncoder:
+def build_text_encoder(cfg: ModelConfig, text_len: int, device, cache_gib: float = 1.0) -> TextEncoder:
+    # The embedding cache lives in CPU RAM, bounded in bytes (a 512 x 4096 bf16 prompt is 4 MiB): on the
+    # GPU a 4096-prompt cache would take 16 GiB of every process.
+    cache = {"cache_size": 1 << 20, "cache_bytes": int(cache_gib * 2 ** 30), "cache_device": "cpu"}
     if cfg.kind == "tiny":
         from layert2v_core.tiny import TINY_WORDS, build_tiny_tokenizer, build_tiny_umt5
 
         tokenizer = build_tiny_tokenizer(tuple(TINY_WORDS) + tuple(SYNTHETIC_WORDS))
         model = build_tiny_umt5(len(tokenizer), seed=cfg.seed).to(device)
-        return TextEncoder(model, tokenizer, text_len=text_len, device=device, cache_size=4096)
+        return TextEncoder(model, tokenizer, text_len=text_len, device=device, **cache)
     return TextEncoder.from_folder(_required(cfg.text_encoder_path, "model.text_encoder_path"), text_len=text_len,
-                                   dtype=DTYPES[cfg.text_dtype], device=device, cache_size=4096)
+                                   dtype=DTYPES[cfg.text_dtype], device=device, **cache)
 
 
 def save_text_encoder(encoder: TextEncoder, folder: str | Path) -> None:
@@ -79,7 +86,20 @@ def build_dit(cfg: ModelConfig, config: LayerT2VConfig, device) -> LayeredWanTra
     if cfg.kind == "tiny":
         from layert2v_core.tiny import build_tiny_transformer
 
-        base = build_tiny_transformer(seed=cfg.seed)
+        arch = dict(cfg.architecture.get("dit") or {})  # a random DiT of that size (memory plans at real sizes)
+        # plan_only_blocks: N: blocks after the first N stay on the meta device (counted, never run)
+        real_blocks = arch.pop("plan_only_blocks", None)
+        if not arch:
+            base = build_tiny_transformer(seed=cfg.seed).to(DTYPES[cfg.dtype])
+        else:
+            keep = (lambda name: True) if real_blocks is None else (
+                lambda name: not name.startswith("blocks.") or int(name.split(".")[1]) < real_blocks)
+            base = _random(lambda: build_tiny_transformer(seed=cfg.seed, **arch), cfg.dtype, cfg.seed, keep)
+            if real_blocks is not None:
+                base = base.requires_grad_(False)
+                dit = LayeredWanTransformer(base, config)
+                dit.gradient_checkpointing = cfg.gradient_checkpointing
+                return dit
     else:
         from layert2v_core.weights.wan_single_file import load_wan_transformer
 
@@ -107,6 +127,23 @@ def load_dit_part(dit: LayeredWanTransformer, folder: str | Path) -> LayerT2VCon
     adapter = load_layert2v_adapter(folder)
     dit.load_adapter_state_dict(adapter.dit_state)
     return adapter.config
+
+
+def _random(build, dtype: str, seed: int, materialize=lambda name: True) -> torch.nn.Module:
+    """A model of real size with N(0, 0.02) weights made directly in `dtype` (buffers such as RoPE tables
+    are built normally): the 1.3B DiT's own initialisation would take 5.6 GB in fp32 and minutes."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        model = build()
+    generator = torch.Generator().manual_seed(seed)
+    for path, module in model.named_modules():
+        for name, p in list(module._parameters.items()):
+            if p is not None and p.device.type == "meta":
+                data = (torch.empty(p.shape, dtype=DTYPES[dtype]).normal_(0, 0.02, generator=generator)
+                        if materialize(path) else torch.empty(p.shape, dtype=DTYPES[dtype], device="meta"))
+                module._parameters[name] = torch.nn.Parameter(data, requires_grad=p.requires_grad)
+    return model
 
 
 def _required(value, name: str):

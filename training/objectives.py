@@ -53,9 +53,10 @@ class JointObjective(nn.Module):
         self.register_buffer("latent_mean", mean, persistent=False)
         self.register_buffer("latent_std", std, persistent=False)
 
-    def forward(self, latent, noise, t, given, context, alpha, layout: LayerLayout) -> dict[str, torch.Tensor]:
+    def forward(self, latent, noise, t, given, context, alpha, layout: LayerLayout,
+                mask_crop=None) -> dict[str, torch.Tensor]:
         """latent/noise (B, 16, L*T', h, w); t (B,) in (0, 1); given (B, L) bool; context (B, P, n, d);
-        alpha (B, K, F, H, W) GT mattes."""
+        alpha (B, K, F, H, W) GT mattes; mask_crop: the L_mask decode crop (losses.draw_mask_crop) or None."""
         w = self.weights
         t_seg = segment_timesteps(t, given)                                   # (B, L), 0 where given
         t_frames = per_frame(t_seg, layout).to(latent)
@@ -75,7 +76,8 @@ class JointObjective(nn.Module):
             loss = loss + w.consistency * out["consistency"]
         if w.mask > 0:
             out["mask"] = losses.mask_decoding(self.mask_vae.decode_alpha, x0_hat, alpha, layout, (~given).float(),
-                                               w.mask_gradient, w.mask_reconstruction, w.mask_latent_frames)
+                                               w.mask_gradient, w.mask_reconstruction, w.mask_latent_frames,
+                                               mask_crop, w.mask_early_backward)
             loss = loss + w.mask * out["mask"]
         out["loss"] = loss
         out["foregrounds"] = torch.tensor(float(layout.num_foregrounds))  # logged: this batch's bucket

@@ -25,6 +25,7 @@ from .data.synthetic import held_out_prompts
 from .data.vidlayer import VidLayerDataset, collate_layered
 from .eval_hook import layered_contact_sheet
 from .layer_encoding import LayerEncoder
+from .losses import draw_mask_crop
 from .models import (build_dit, build_mask_vae, build_text_encoder, build_vae, layert2v_config, load_mask_part,
                      save_text_encoder)
 from .objectives import JointObjective
@@ -50,7 +51,7 @@ class JointTask:
         if cfg.model.kind == "wan":  # a VAE of our own (demo stage 0) has its own statistics: keep them with the adapter
             self.layert2v.extra.setdefault("latents_mean", list(self.vae.config.latents_mean))
             self.layert2v.extra.setdefault("latents_std", list(self.vae.config.latents_std))
-        self.text_encoder = build_text_encoder(cfg.model, self.layert2v.text_len, self.device)
+        self.text_encoder = build_text_encoder(cfg.model, self.layert2v.text_len, self.device, cfg.data.text_cache_gib)
         with seeded(cfg.seed):
             self.mask_vae = build_mask_vae(self.vae, self.layert2v).to(self.device)
             self.dit = build_dit(cfg.model, self.layert2v, self.device)
@@ -112,8 +113,11 @@ class JointTask:
         t = logit_normal(batch_size, cfg.timesteps.mean, cfg.timesteps.std, generator)
         given = given_segments(layout, batch_size, cfg.conditional.probability, cfg.conditional.tasks, generator)
         dev = self.device
-        return {"latent": latent.to(dev), "noise": noise.to(dev), "t": t.to(dev), "given": given.to(dev),
-                "context": context, "alpha": batch["alpha"].to(dev), "layout": layout}
+        inputs = {"latent": latent.to(dev), "noise": noise.to(dev), "t": t.to(dev), "given": given.to(dev),
+                  "context": context, "alpha": batch["alpha"].to(dev), "layout": layout}
+        if cfg.loss.mask_crop:  # drawn only when configured: runs without a crop keep their random stream
+            inputs["mask_crop"] = draw_mask_crop(layout, cfg.loss.mask_crop, cfg.loss.mask_crop_margin, generator)
+        return inputs
 
     # ---- export / eval ---------------------------------------------------------------------------
     def export(self, folder: Path) -> None:
