@@ -1,6 +1,11 @@
 """ComfyUI's umt5 path (CLIPLoader type wan -> Layer Prompts) against transformers' UMT5 with the same
 weights and the same SentencePiece model: values, real length, zero padding to 512, and the prompt
-length the DiT's "mask padding" mode reads back from the padded rows."""
+length the DiT's "mask padding" mode reads back from the padded rows.
+
+Two runs of ComfyUI's own code at reduced size: inside a real ComfyUI 0.30.0 server (a workflow
+CLIPLoader -> LayerT2V Layer Prompts -> a dump node of tests/umt5_server_pack), at ComfyUI's default
+fp16 text-encoder precision; and comfy.sd.load_clip in a fresh process at fp32 and fp16
+(tests/umt5_comfy_probe.py), where fp32 must match to float precision."""
 
 import json
 import os
@@ -38,8 +43,10 @@ def train_spiece(folder: Path) -> bytes:
     return (folder / "sp.model").read_bytes()
 
 
-@pytest.fixture(scope="module", params=["fp32", "default"], ids=["fp32-text-enc", "comfy-default-fp16"])
-def comfy_conditioning(tmp_path_factory, request):
+@pytest.fixture(scope="module")
+def umt5_files(tmp_path_factory):
+    """A reduced umt5 file as ComfyUI's are written (HF key names + spiece_model), its small config, and
+    the transformers model and SentencePiece processor it came from."""
     import sentencepiece as spm
     from transformers import UMT5Config, UMT5EncoderModel
 
@@ -61,10 +68,15 @@ def comfy_conditioning(tmp_path_factory, request):
     umt5_file = folder / "umt5_small.safetensors"
     save_file(state, str(umt5_file))
     (folder / "small.json").write_text(json.dumps({**SMALL, "vocab_size": sp.get_piece_size()}))
+    return umt5_file, folder / "small.json", model, sp
 
-    out = folder / "out.pt"
+
+@pytest.fixture(scope="module", params=["fp32", "default"], ids=["fp32-text-enc", "comfy-default-fp16"])
+def comfy_conditioning(umt5_files, tmp_path_factory, request):
+    umt5_file, small_config, model, sp = umt5_files
+    out = tmp_path_factory.mktemp("probe") / "out.pt"
     run = subprocess.run([sys.executable, str(Path(__file__).with_name("umt5_comfy_probe.py")), str(COMFY_DIR),
-                          str(umt5_file), str(folder / "small.json"), str(out), json.dumps(PROMPTS), request.param],
+                          str(umt5_file), str(small_config), str(out), json.dumps(PROMPTS), request.param],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     return torch.load(out, weights_only=True), model, sp, request.param
@@ -96,16 +108,8 @@ def real_length(rows: torch.Tensor) -> int:
 
 def test_comfy_umt5_conditioning_matches_transformers(comfy_conditioning):
     result, model, sp, precision = comfy_conditioning
-    for index, slot in enumerate(result["slots"]):
-        expected, length = reference(model, sp, PROMPTS[slot])
-        got = result["cond"][0, index]
-        assert got.shape == (512, 32), slot
-        assert real_length(got) == length, slot                       # the length the DiT's mask mode uses
-        assert torch.equal(got[length:], torch.zeros_like(got[length:])), slot   # padding is exactly zero
-        assert_close_rel(got[:length], expected[:length], precision, slot)
-    negative, length = reference(model, sp, PROMPTS["negative"])
-    for index in range(len(result["slots"])):
-        assert_close_rel(result["uncond"][0, index], negative, precision, "negative")
+    check_conditioning(result, model, sp, precision)
+    expected, length = reference(model, sp, PROMPTS["negative"])
     assert real_length(result["uncond"][0, 0]) == length
     # Encoding the 512 padded tokens without an attention mask is what a wrong path would give: far off.
     ids = sp.encode(PROMPTS["full"]) + [1]
@@ -121,3 +125,44 @@ def test_comfy_raw_output_is_512_long_with_zeroed_padding(comfy_conditioning):
     assert raw.shape[-2] == 512                                     # ComfyUI pads to min_length 512 itself
     _, length = reference(model, sp, PROMPTS["full"])
     assert float(raw[length:].abs().max()) == 0.0                # zero_out_masked: padding rows are zeros
+
+
+def check_conditioning(result, model, sp, precision):
+    for index, slot in enumerate(result["slots"]):
+        expected, length = reference(model, sp, PROMPTS[slot])
+        got = result["cond"][0, index]
+        assert got.shape == (512, 32), slot
+        assert real_length(got) == length, slot
+        assert torch.equal(got[length:], torch.zeros_like(got[length:])), slot
+        assert_close_rel(got[:length], expected[:length], precision, slot)
+    negative, _ = reference(model, sp, PROMPTS["negative"])
+    for index in range(len(result["slots"])):
+        assert_close_rel(result["uncond"][0, index], negative, precision, "negative")
+
+
+def test_cliploader_wan_into_layer_prompts_inside_the_real_server(umt5_files, tmp_path, monkeypatch):
+    """The user's graph: CLIPLoader (type wan) on a file in models/text_encoders -> LayerT2V Layer Prompts."""
+    from comfyhost.server import ComfyServer
+
+    umt5_file, small_config, model, sp = umt5_files
+    monkeypatch.setenv("LAYERT2V_TEST_UMT5_CONFIG", str(small_config))
+    server = ComfyServer(COMFY_DIR, tmp_path / "comfy")
+    (server.base_dir / "custom_nodes").mkdir(parents=True)
+    (server.base_dir / "custom_nodes" / "umt5_server_pack").symlink_to(Path(__file__).with_name("umt5_server_pack"))
+    (server.base_dir / "models" / "text_encoders").mkdir(parents=True)
+    (server.base_dir / "models" / "text_encoders" / "umt5_small.safetensors").write_bytes(umt5_file.read_bytes())
+    workflow = {
+        "1": {"class_type": "CLIPLoader", "inputs": {"clip_name": "umt5_small.safetensors", "type": "wan"}},
+        "2": {"class_type": "LayerT2VPrompts", "inputs": {
+            "num_foregrounds": 1, "full": PROMPTS["full"], "background": PROMPTS["background"],
+            "foreground_1": PROMPTS["foreground_1"], "negative": PROMPTS["negative"], "clip": ["1", 0]}},
+        "3": {"class_type": "TestDumpLayerConditioning", "inputs": {"layer_conditioning": ["2", 0], "name": "umt5"}},
+    }
+    try:
+        server.start()
+        entry = server.wait(server.queue_prompt(workflow), timeout=300)
+        assert entry["status"]["status_str"] == "success", entry["status"]
+        result = torch.load(server.output_dir / "umt5.pt", weights_only=True)
+    finally:
+        server.stop()
+    check_conditioning(result, model, sp, "default")   # the server runs ComfyUI's default fp16 text encoder
