@@ -210,12 +210,13 @@ def test_mask_lora_for_another_vae_is_refused(mask_files, tmp_path):
 
 
 # ---- the CLI ---------------------------------------------------------------------------------------
-def test_cli_generates_from_the_authors_folder_with_ema(mask_files, two_blocks, tmp_path):
+@pytest.mark.parametrize("blocks", [2, 30])
+def test_cli_generates_from_the_authors_folder_with_ema(tmp_path, blocks):
     from layert2v_core.cli import main
     from layert2v_core.tiny import save_tiny_text_encoder
 
-    dit_file, folder, _, _ = two_blocks
-    _, vae_file, _, _ = mask_files
+    dit_file, folder, _, _ = write_user_files(tmp_path, blocks)
+    _, vae_file, _ = write_vae_and_mask_lora(tmp_path, folder)
     text_encoder = save_tiny_text_encoder(tmp_path / "te")
     argv = ["generate", "--prompt", "a red cat on a beach", "--bg-prompt", "a beach", "--fg-prompt", "a red cat",
             "--dit", str(dit_file), "--vae", str(vae_file), "--adapter", str(folder), "--text-encoder",
