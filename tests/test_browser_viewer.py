@@ -16,7 +16,10 @@ import pytest
 from comfyhost.browser import run_user_session, user_session_unavailable
 
 WORKFLOWS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "workflows").glob("*.json"))
-QUICK = {"frames": 5, "steps": 2}  # enough to check the UI; the demo model needs ~20 steps to look right
+# Enough to check the UI: the demo model needs ~20 steps at 64 px to look right; PNG16 is the one format
+# kept (the viewer's strips are written whatever the switches say).
+QUICK = {"LayerT2VSampler": {"width": 32, "height": 32, "frames": 5, "steps": 2},
+         "LayerT2VSaveLayers": {"prores_4444": False, "h264_preview": False}}
 TWO_FOREGROUNDS = "layered_t2v_two_foregrounds"
 EXPECTED_TILES = "full,recomposite,background,foreground_1,foreground_2"
 _seed = iter(range(1000, 2000))  # a new seed each run: ComfyUI would answer a repeated prompt from its cache
@@ -77,9 +80,13 @@ def check_viewer_plays(result: dict) -> None:
     assert 0.5 * fps <= advanced / seconds <= 1.5 * fps, (advanced, seconds, fps)
 
 
-def viewer_session(server, name, test_output_dir, nodes_2, sampler) -> None:
+def with_new_seed(widgets: dict) -> dict:
+    return {**widgets, "LayerT2VSampler": {**widgets["LayerT2VSampler"], "seed": next(_seed)}}
+
+
+def viewer_session(server, name, test_output_dir, nodes_2, widgets) -> None:
     workflow = {"template": TWO_FOREGROUNDS, "foregroundCounts": [1, 3, 2], "inspectViewer": True,
-                "sampler": {**sampler, "seed": next(_seed)}}
+                "widgets": with_new_seed(widgets)}
     report = session(server, name, [workflow], test_output_dir, nodes_2)
     result = report["workflows"][0]
     assert result["vueNodes"] == nodes_2
@@ -90,7 +97,8 @@ def viewer_session(server, name, test_output_dir, nodes_2, sampler) -> None:
 
 def test_viewer_pinned_frontend_classic(comfy_server, test_output_dir):
     # The README's screenshot: the demo model's 17 frames, with fewer steps than the workflow's 20.
-    viewer_session(comfy_server, "frontend-1.47.12_classic", test_output_dir, False, {"frames": 17, "steps": 8})
+    demo = {"LayerT2VSampler": {"frames": 17, "steps": 8}}  # the workflow's own format switches
+    viewer_session(comfy_server, "frontend-1.47.12_classic", test_output_dir, False, demo)
 
 
 def test_viewer_pinned_frontend_nodes_2(comfy_server, test_output_dir):
@@ -106,7 +114,7 @@ def test_viewer_newest_frontend_nodes_2(comfy_server_newest_frontend, test_outpu
 
 
 def test_every_bundled_workflow_opens_runs_and_shows_its_layers(comfy_server, test_output_dir):
-    workflows = [{"template": name, "sampler": {**QUICK, "seed": next(_seed)}} for name in WORKFLOWS]
+    workflows = [{"template": name, "widgets": with_new_seed(QUICK)} for name in WORKFLOWS]
     report = session(comfy_server, "all-workflows", workflows, test_output_dir)
     assert [r["template"] for r in report["workflows"]] == WORKFLOWS
     for result in report["workflows"]:

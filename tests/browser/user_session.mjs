@@ -32,7 +32,7 @@ try {
     report.workflows.push(result);
     await openTemplate(page, workflow.template, result);
     if (workflow.foregroundCounts) await changeForegrounds(page, workflow.foregroundCounts, result);
-    result.viewers = await runFromUI(page, workflow.sampler);
+    result.viewers = await runFromUI(page, workflow.widgets);
     if (workflow.inspectViewer) await inspectViewer(page, result);
   }
   // Nothing else on the page shows our files (the frontend's own gallery would, as broken stills).
@@ -76,9 +76,11 @@ async function changeForegrounds(page, counts, result) {
   await shot(page, "prompts");
 }
 
-async function runFromUI(page, sampler) {
-  // Small sampler settings keep the CPU run short; then the Run button, as a user queues.
-  for (const [name, value] of Object.entries(sampler)) await setWidget(page, "LayerT2VSampler", name, value);
+async function runFromUI(page, widgets) {
+  // Small sampler settings and fewer formats keep the CPU run short; then the Run button, as a user queues.
+  for (const [type, values] of Object.entries(widgets)) {
+    for (const [name, value] of Object.entries(values)) await setWidget(page, type, name, value);
+  }
   const saveNodes = await page.evaluate(() => window.app.graph.nodes.filter((n) => n.type === "LayerT2VSaveLayers").length);
   await page.evaluate(() => { for (const v of document.querySelectorAll(".layert2v-viewer")) v.dataset.state = "stale"; });
   await page.getByRole("button", { name: "Run", exact: true }).first().click();

@@ -93,7 +93,7 @@ def run_user_session(base_url: str, name: str, out_dir: Path, workflows: list[di
                      run_timeout: float = 300.0, timeout: float = 900.0) -> dict:
     """Runs user_session.mjs; returns its report (report["error"] says where it stopped, if it did).
 
-    workflows: [{"template": name, "sampler": {widget: value}, "foregroundCounts": [..]?,
+    workflows: [{"template": name, "widgets": {node type: {widget: value}}, "foregroundCounts": [..]?,
     "inspectViewer": bool?}, ...]; screenshots go to out_dir/<name>_*.png.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
