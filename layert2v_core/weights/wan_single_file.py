@@ -114,6 +114,8 @@ def _load(component: _Component, path, dtype, device, config_dir, overrides):
     if path.is_dir():  # a diffusers folder carries its own config
         model = _load_diffusers_folder(component, path, dtype)
     else:
+        if path.suffix == ".safetensors":  # wrong kind of file first: its config would fail the schema less clearly
+            _check_kind(component, path, read_safetensors_index(path).shapes)
         overrides = {**embedded_config(path, component), **overrides}
         config = component.check({**shipped_config(component.name, config_dir), **overrides}, str(path))
         model = _load_single_file(component, path, dtype, device, config_dir, overrides, config)
