@@ -1,6 +1,7 @@
 # `make test`: fresh machine -> venv with CPU torch -> requirements -> system readers -> pytest.
 # `make demo`: the bundled workflow on the built-in demo model through a real ComfyUI server.
-# `make demo-model`: retrain that model (layert2v_core/demo_model/) from scratch on CPU, about 1.5 hours.
+# `make demo-model`: train a demo model from scratch on CPU with the issue-13 recipe and install it in
+# layert2v_core/demo_model/ (full-scale wall time not measured yet: see training/README.md).
 PY      ?= python3
 VENV    := .venv
 VPY     := $(VENV)/bin/python

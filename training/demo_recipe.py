@@ -12,7 +12,7 @@ Steps (each an ordinary stage entry point with a `training/configs/demo_*.yaml` 
 The gates are measured and recorded (<out>/gates/, the manifest); they do not stop the recipe, so a rerun
 shows where a recipe breaks. A step whose output already exists is skipped, so a crashed run continues
 where it stopped. Resolved configs go to <out>/configs/, logs to <out>/logs/, wall times to <out>/timings.json
-(written after every step).
+(written after every step), loss curves to <out>/loss_curves.png.
 """
 
 from __future__ import annotations
@@ -254,6 +254,9 @@ def main(argv=None) -> None:
         run_step(step, out, args.smoke, timings, args.steps_scale)
         if step.name in GATES:
             run_gate(step.name, out, args.smoke, timings)
+    from .demo_curves import plot_run
+
+    plot_run(out)  # <out>/loss_curves.png: every stage's loss against its step
     if not args.no_eval:
         evaluate_final(out, args.smoke, timings)
     arms = ABLATION_STEPS if args.ablation else []
