@@ -62,9 +62,14 @@ class LayerViewer {
     this.root.replaceChildren(this.makeControls(), this.makeGrid());
     this.root.dataset.state = "loading";
     const images = this.tiles.flatMap((t) => [t.image, t.matte].filter(Boolean));
+    const shown = this.tiles; // a newer generation may arrive before these have decoded
     Promise.all(images.map((img) => img.decode())).then(
-      () => { this.root.dataset.state = "ready"; this.draw(); },
-      (error) => { this.root.dataset.state = "error"; console.error("LayerT2V viewer: a preview did not load", error); },
+      () => { if (shown === this.tiles) { this.root.dataset.state = "ready"; this.draw(); } },
+      (error) => {
+        if (shown !== this.tiles) return;
+        this.root.dataset.state = "error";
+        console.error("LayerT2V viewer: a preview did not load", error);
+      },
     );
     if (!this.raf) this.tick();
   }
