@@ -124,7 +124,7 @@ def test_early_backward_mask_loss_has_the_same_value_and_gradient(mask_vae):
         x0_hat = (latent * 1.0).requires_grad_(True)
         loss = losses.mask_decoding(mask_vae.decode_alpha, x0_hat * 2.0, alpha, layout, weight, early_backward=early)
         (3.0 * loss).backward()
-        results.append((float(loss), x0_hat.grad.clone()))
+        results.append((float(loss.detach()), x0_hat.grad.clone()))
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
     assert results[0][1].abs().sum() > 0
     torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-5, atol=1e-7)

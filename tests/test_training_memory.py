@@ -38,7 +38,6 @@ def test_plan_is_within_15_percent_of_the_measured_cpu_peak(tmp_path, size):
     assert 0.85 <= result["ratio"] <= 1.15, result
 
 
-
 def tiny_task(tmp_path, *sets):
     cfg = load_config(CONFIGS / "stage2_cpu_tiny.yaml", [f"output_dir={tmp_path}", "model.init_adapter=null",
                                                        f"data.root={tmp_path / 'data'}", *sets])

@@ -22,7 +22,7 @@ ADVICE = {
     "trainable state": "distributed.strategy: fsdp or ema.enabled: false",
     "activations": "model.gradient_checkpointing: true, or a smaller phases[].batch_size with a larger "
                    "optim.grad_accum (same effective batch)",
-    "mask loss": "loss.mask_crop (decoded latent crop) or loss.mask_latent_frames",
+    "mask loss": "loss.mask_early_backward: true (exact), then loss.mask_latent_frames or loss.mask_crop",
     "text encoder": "model.text_dtype: bfloat16",
 }
 SMALL = ((32, 32), (64, 32))     # traced pixel sizes (multiples of 16: VAE 8x and patch 2x)

@@ -74,7 +74,7 @@ def main(out: str) -> None:
         else:
             loss = sum(model(**b)["loss"] for b in batches) / 2
             loss.backward()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         torch.nn.utils.clip_grad_norm_(params, config.optim.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
