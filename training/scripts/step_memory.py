@@ -10,8 +10,9 @@ their ratio. Inputs are random tensors of the phase's shapes (the data pipeline 
     python training/scripts/step_memory.py --config training/configs/stage2_wan1.3b.yaml --plan-only --random-weights
 
 --plan-only: the plan alone, no step. --random-weights: a `kind: wan` config without its files: the same
-architectures (shipped Wan2.1-1.3B DiT and VAE configs) with random weights, the text encoder counted
-as UMT5-XXL from its config (5.7 B parameters) instead of being built.
+architectures (shipped Wan2.1-1.3B DiT and VAE configs) with random weights. The text encoder is the
+tiny one; a plan counts UMT5-XXL from its config (5.7 B parameters) instead, and a step reports that
+amount as `plus_umt5_xxl_gib` (what a real run adds).
 """
 
 from __future__ import annotations
@@ -64,8 +65,9 @@ def main(argv=None) -> dict:
     named = task.named_trainable()
     to_fp32_master(named)
     plan = plan_run(config, task, int(os.environ.get("WORLD_SIZE", "1")), autocast)  # fsdp plans: WORLD_SIZE=8
-    if random_weights and "text encoder" in plan.parts:
-        plan.parts["text encoder"] = _umt5_xxl_bytes(config)
+    umt5 = _umt5_xxl_bytes(config) if random_weights and "text encoder" in plan.parts else None
+    if umt5 is not None and plan_only:
+        plan.parts["text encoder"] = umt5  # a step keeps the tiny built one: plan and peak stay comparable
     if plan_only:
         result = {"config": str(args.config), "overrides": args.set, "estimate_gib": plan.total / 2**30,
                   "parts_gib": {k: round(v / 2**30, 3) for k, v in plan.parts.items()}, "notes": plan.notes}
@@ -92,7 +94,9 @@ def main(argv=None) -> dict:
     result = {"config": str(args.config), "overrides": args.set, "device": torch.cuda.get_device_name(device) if cuda
               else "cpu", "estimate_gib": plan.total / 2**30, "measured_gib": measured / 2**30,
               "ratio": plan.total / measured, "parts_gib": {k: v / 2**30 for k, v in plan.parts.items()},
-              "notes": plan.notes, "loss": float(loss)}
+              "notes": plan.notes, "loss": float(loss.detach())}
+    if umt5 is not None:  # what a real run adds on top: the resident UMT5-XXL instead of the tiny encoder
+        result["plus_umt5_xxl_gib"] = umt5 / 2**30
     print(json.dumps(result))
     return result
 
@@ -102,6 +106,7 @@ def _random_weight_twin(config, plan_only: bool) -> None:
     from layert2v_core.weights.wan_single_file import shipped_config
 
     dit = {k: v for k, v in shipped_config("transformer").items() if not k.startswith("_")}
+    dit.update(config.model.architecture.get("dit", {}))  # e.g. --set model.architecture.dit.num_layers=2
     config.model.kind = "tiny"
     # For a plan, two real blocks are enough to trace (every block saves the same); the others are
     # counted on the meta device.
