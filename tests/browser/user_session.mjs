@@ -55,9 +55,8 @@ async function openTemplate(page, template, result) {
   result.nodeTypes = await page.evaluate(() => window.app.graph.nodes.map((n) => n.type));
   result.vueNodes = await page.evaluate(() => !!document.querySelector("[data-node-id]"));
   await focusNode(page, "LayerT2VPrompts");
-  result.initialBoxes = await visiblePromptBoxes(page);
-  result.initialForegrounds = await page.evaluate(() => window.app.graph.nodes.find((n) => n.type === "LayerT2VPrompts")
-    .widgets.find((w) => w.name === "num_foregrounds").value);
+  result.initialForegrounds = await widgetValue(page, "LayerT2VPrompts", "num_foregrounds");
+  result.initialBoxes = await settledBoxes(page, result.initialForegrounds);
 }
 
 async function changeForegrounds(page, counts, result) {
@@ -70,8 +69,7 @@ async function changeForegrounds(page, counts, result) {
       await page.waitForTimeout(300);
       value = await widgetValue(page, "LayerT2VPrompts", "num_foregrounds");
     }
-    await page.waitForTimeout(300);
-    result.steps.push({ foregrounds: count, widgetValue: value, visibleBoxes: await visiblePromptBoxes(page) });
+    result.steps.push({ foregrounds: count, widgetValue: value, visibleBoxes: await settledBoxes(page, count) });
   }
   await shot(page, "prompts");
 }
@@ -199,6 +197,16 @@ async function setWidget(page, type, name, value) {
     }
     window.app.graph.setDirtyCanvas(true, true);
   }, [type, name, value]);
+}
+
+async function settledBoxes(page, expected) {
+  // The canvas places its text boxes on its next frames (slow on a loaded machine): give it 5 s.
+  let boxes = await visiblePromptBoxes(page);
+  for (let waited = 0; boxes !== expected && waited < 5000; waited += 250) {
+    await page.waitForTimeout(250);
+    boxes = await visiblePromptBoxes(page);
+  }
+  return boxes;
 }
 
 async function visiblePromptBoxes(page) {
