@@ -16,7 +16,7 @@ them (it has torch, transformers, peft, accelerate; not diffusers). Prints one t
 - VAE decode of one RGB layer and mask-VAE decode of one alpha layer, and the per-generation totals;
 - one K=1 step per attention backend that runs here (attention_backend.py);
 - the three step kinds (CFG-batched, cond-only, cached) and, for each speed setting measured on the demo
-  model (bench/results/quality_vs_forwards.json), the 50-step time those step counts give;
+  model (bench/results/quality_vs_forwards*.json), the 50-step time those step counts give;
 - FLOP utilisation: analytic DiT FLOPs per step over the step time, against the H200's 989 TFLOP/s dense
   bf16 and against a bf16 matmul measured on this machine.
 Sections that fail print their one-line error in the table and the rest still run; sections that would
@@ -54,7 +54,7 @@ from layert2v_core.weights.wan_single_file import (build_transformer_from_config
 
 PAPER = {"seconds": 151.0, "peak_gb": 24.0, "steps": 50}
 H200_DENSE_BF16_TFLOPS = 989.0
-RESULTS = Path(__file__).resolve().parent / "results" / "quality_vs_forwards.json"
+RESULTS = Path(__file__).resolve().parent / "results"  # quality_vs_forwards*.json
 
 # UMT5-XXL encoder (Wan2.1's text encoder), for the resident-memory row; weights random.
 UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
@@ -293,10 +293,13 @@ class Bench:
         self.results["step_kinds"] = kinds
         self.rows.append(["step kinds, K=1: CFG-batched / cond-only / cached", "/".join(f"{v:.3f}" for v in kinds.values()),
                           "-", "-", "-", "cached = embeddings + output head only"])
-        if not RESULTS.is_file():
-            self.rows.append(["speed settings", "-", "-", "-", "-", f"no {RESULTS.name}: run bench/quality_vs_forwards.py"])
+        files = sorted(RESULTS.glob("quality_vs_forwards*.json"))
+        if not files:
+            self.rows.append(["speed settings", "-", "-", "-", "-", "no results: run bench/quality_vs_forwards.py"])
             return
-        measured = json.loads(RESULTS.read_text())["settings"]
+        measured = {}
+        for path in files:
+            measured.update(json.loads(path.read_text())["settings"])
         for name, row in measured.items():
             stats = row.get("stats") or []
             if not stats:
