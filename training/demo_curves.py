@@ -53,6 +53,8 @@ def plot_run(run: Path) -> Path | None:
     panels = []
     for folder in stages:
         records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        restarts = [i for i in range(1, len(records)) if records[i]["step"] <= records[i - 1]["step"]]
+        records = records[restarts[-1]:] if restarts else records  # a fresh restart's lines follow a killed run's
         if records:
             panels.append(draw_panel(folder.name, records))
     if not panels:

@@ -303,6 +303,8 @@ def main(argv=None) -> None:
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--smoke", action="store_true", help="one scene per row, 2 steps: checks the tool runs")
+    parser.add_argument("--assemble-only", action="store_true",
+                        help="measure nothing: write the report from the rows already saved (rows not saved are listed as not measured)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.smoke:
@@ -313,8 +315,9 @@ def main(argv=None) -> None:
     for key in ("dit", "vae", "adapter", "text_encoder"):
         setattr(args, key, getattr(args, key) or default.get(key))
     folder = Path(args.out or (Path(args.run) / "eval" if args.run else "output/demo_report")) / "rows"
-    run_rows(load_pipeline(args), args.rows, folder, args)
-    while any(folder.glob("*.lock")):  # another process still measures a row: the last one writes the report
+    if not args.assemble_only:
+        run_rows(load_pipeline(args), args.rows, folder, args)
+    while not args.assemble_only and any(folder.glob("*.lock")):  # another process still measures a row: the last one writes the report
         time.sleep(10)
         for lock in folder.glob("*.lock"):
             _claim_dead = lock.read_text() if lock.exists() else ""
