@@ -34,7 +34,7 @@ class StepCacheConfig:
 
     def validate(self) -> None:
         if not 0.0 <= float(self.threshold) <= 10.0:
-            raise ValueError(f"cache_threshold={self.threshold!r} is not valid: use 0 (off) to 10; 0.05-0.3 is typical")
+            raise ValueError(f"step_cache={self.threshold!r} is not valid: use 0 (off) to 10; 0.05-0.3 is typical")
         if not isinstance(self.max_skips, int) or self.max_skips < 1:
             raise ValueError(f"cache_max_skips={self.max_skips!r} is not valid: use an integer >= 1")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -24,7 +25,9 @@ _SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # what write_layer_set
 FORMAT_SWITCHES = {  # node input -> export format; defaults are what a compositor usually wants
     "png16": ("png16", True), "png8": ("png8", False), "exr_half": ("exr_half", False),
     "prores_4444": ("prores", True), "webm_alpha": ("webm", False), "h264_preview": ("h264", True),
+    "exr_multilayer": ("exr_multilayer", False),  # one EXR per frame, every layer a channel group (Nuke)
 }
+OPTIONAL_SWITCHES = {"exr_multilayer"}  # added later: prompts saved before it still validate
 
 
 def viewer_entries(strips, output_dir: str) -> list[dict]:
@@ -133,7 +136,8 @@ def _remove_if_empty(folders: list[str]) -> None:
 class SaveLayers(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        switches = [io.Boolean.Input(name, default=default) for name, (_, default) in FORMAT_SWITCHES.items()]
+        switches = [io.Boolean.Input(name, default=default, optional=name in OPTIONAL_SWITCHES)
+                    for name, (_, default) in FORMAT_SWITCHES.items()]
         return io.Schema(
             node_id="LayerT2VSaveLayers",
             display_name="LayerT2V Save Layers",
@@ -178,7 +182,14 @@ class SaveLayers(io.ComfyNode):
         except BaseException:
             _remove_if_empty(created)
             raise
-        strips = write_web_previews(result.path / WEB_PREVIEW_DIR, layers.rgb, layers.alpha_by_layer(), fps,
-                                    on_layer=mm.throw_exception_if_processing_interrupted)
+        preview_dir = result.path / WEB_PREVIEW_DIR
+        try:  # the layer set is complete by now; previews are all or nothing beside it
+            with readable_errors(node, output_input="filename_prefix", aliases={output_dir: "output"}):
+                with output_errors(preview_dir / "preview"):
+                    strips = write_web_previews(preview_dir, layers.rgb, layers.alpha_by_layer(), fps,
+                                                on_layer=mm.throw_exception_if_processing_interrupted)
+        except BaseException:
+            shutil.rmtree(preview_dir, ignore_errors=True)
+            raise
         rel = os.path.relpath(result.path, output_dir)
         return io.NodeOutput(rel, ui={"layert2v_viewer": viewer_entries(strips, output_dir), "layert2v_folder": [rel]})

@@ -573,8 +573,7 @@ NODE_IDS = {  # downstream first (see NAMED)
     "LayerT2VSplitLayers": "8", "LayerT2VGetForeground": "10", "LayerT2VDecodeLayers": "6", "LayerT2VSampler": "5",
     "LayerT2VPrompts": "4", "LayerT2VLoadTextEncoder": "3", "LayerT2VLoadVAE": "2", "LayerT2VLoadModel": "1"}
 # Failures found here in other issues' inputs, reported and waived until fixed there.
-KNOWN = {"LayerT2VSampler.step_cache": "reported for #19: the message names the core's `cache_threshold`, "
-                                       "not the node input `step_cache`"}
+KNOWN: dict[str, str] = {}
 
 
 def widget_kind(spec: list) -> Optional[str]:

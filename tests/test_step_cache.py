@@ -183,7 +183,7 @@ def test_guidance_range_in_the_middle():
 
 @pytest.mark.parametrize("bad, match", [
     (dict(cfg_start=0.6, cfg_end=0.4), "cfg_start=0.6"), (dict(cfg_end=1.5), "cfg_end=1.5"),
-    (dict(cfg_outside="half"), "cfg_outside='half'"), (dict(cache_threshold=-1.0), "cache_threshold=-1.0"),
+    (dict(cfg_outside="half"), "cfg_outside='half'"), (dict(cache_threshold=-1.0), "step_cache=-1.0"),
     (dict(cache_max_skips=0), "cache_max_skips=0"),
 ])
 def test_bad_speed_options_name_the_parameter(bad, match):

@@ -19,23 +19,26 @@ DEMO = {"dit": DEMO_MODEL, "vae": DEMO_MODEL, "adapter": DEMO_MODEL, "text": DEM
 NEGATIVE = ""                    # the demo model learnt CFG against the empty prompt (text dropout)
 DEMO_TEXT_LEN = 32               # the demo text encoder's training length
 DEMO_CFG, DEMO_SHIFT = 4.0, 3.0  # what training/eval_demo.py measured the demo model at
+ATTENTION = "sdpa"               # Load Model's attention kernel: PyTorch's own, on every machine
+SPEED = [0.0, 1.0, "skip"]       # Layered Sampler: step_cache off, guidance on every step (bench: README)
+SAVE_SWITCHES = [True, False, False, True, False, True, False]  # png16 png8 exr_half prores webm h264 exr_multilayer
 
 # (id, type, [widget values in schema order], {input name: (type, from id, from slot)}, [(output name, type)])
 def layered(num_fg: int, prompts: list[str], size=(64, 64), frames=17, steps=20) -> list:
     fg_values = (prompts[2:] + [""] * 3)[:3]
     return [
-        (1, "LayerT2VLoadModel", [DEMO["dit"], DEMO["adapter"], "fp32", "auto"], {},
+        (1, "LayerT2VLoadModel", [DEMO["dit"], DEMO["adapter"], "fp32", "auto", ATTENTION], {},
          [("layert2v_model", "LAYERT2V_MODEL")]),
         (2, "LayerT2VLoadVAE", [DEMO["vae"], DEMO["adapter"], "auto"], {}, [("layert2v_vae", "LAYERT2V_VAE")]),
         (3, "LayerT2VLoadTextEncoder", [DEMO["text"], DEMO_TEXT_LEN, "fp32"], {}, [("text_encoder", "LAYERT2V_TEXT_ENCODER")]),
         (4, "LayerT2VPrompts", [num_fg, prompts[0], prompts[1], *fg_values, NEGATIVE],
          {"text_encoder": ("LAYERT2V_TEXT_ENCODER", 3, 0)}, [("layer_conditioning", "LAYERT2V_CONDITIONING")]),
-        (5, "LayerT2VSampler", [size[0], size[1], frames, steps, DEMO_CFG, DEMO_SHIFT, "unipc", 42, "fixed"],
+        (5, "LayerT2VSampler", [size[0], size[1], frames, steps, DEMO_CFG, DEMO_SHIFT, "unipc", 42, "fixed", *SPEED],
          {"layert2v_model": ("LAYERT2V_MODEL", 1, 0), "layer_conditioning": ("LAYERT2V_CONDITIONING", 4, 0)},
          [("layered_latent", "LATENT")]),
         (6, "LayerT2VDecodeLayers", [], {"layered_latent": ("LATENT", 5, 0), "layert2v_vae": ("LAYERT2V_VAE", 2, 0)},
          [("layers", "LAYERT2V_LAYERS"), ("full", "IMAGE"), ("background", "IMAGE"), ("recomposite", "IMAGE")]),
-        (7, "LayerT2VSaveLayers", ["LayerT2V/layers", 16.0, "straight", True, False, False, True, False, True],
+        (7, "LayerT2VSaveLayers", ["LayerT2V/layers", 16.0, "straight", *SAVE_SWITCHES],
          {"layers": ("LAYERT2V_LAYERS", 6, 0)}, [("folder", "STRING")]),
     ]
 
@@ -68,12 +71,12 @@ def with_given(spec: list, wire: str, prompts: list[str], prefix: str) -> list:
         (8, "LayerT2VGivenLayers", [1, "straight", "replace"], given_links, [("given", "LAYERT2V_GIVEN")]),
         (11, "LayerT2VPrompts", [1, prompts[0], prompts[1], *fg_values, NEGATIVE],
          {"text_encoder": ("LAYERT2V_TEXT_ENCODER", 3, 0)}, [("layer_conditioning", "LAYERT2V_CONDITIONING")]),
-        (9, "LayerT2VSampler", [64, 64, 17, 20, DEMO_CFG, DEMO_SHIFT, "unipc", 7, "fixed"],
+        (9, "LayerT2VSampler", [64, 64, 17, 20, DEMO_CFG, DEMO_SHIFT, "unipc", 7, "fixed", *SPEED],
          {"layert2v_model": ("LAYERT2V_MODEL", 1, 0), "layer_conditioning": ("LAYERT2V_CONDITIONING", 11, 0),
           "given": ("LAYERT2V_GIVEN", 8, 0)}, [("layered_latent", "LATENT")]),
         (12, "LayerT2VDecodeLayers", [], {"layered_latent": ("LATENT", 9, 0), "layert2v_vae": ("LAYERT2V_VAE", 2, 0)},
          [("layers", "LAYERT2V_LAYERS"), ("full", "IMAGE"), ("background", "IMAGE"), ("recomposite", "IMAGE")]),
-        (13, "LayerT2VSaveLayers", [f"LayerT2V/{prefix}", 16.0, "straight", True, False, False, True, False, True],
+        (13, "LayerT2VSaveLayers", [f"LayerT2V/{prefix}", 16.0, "straight", *SAVE_SWITCHES],
          {"layers": ("LAYERT2V_LAYERS", 12, 0)}, [("folder", "STRING")]),
     ]
 

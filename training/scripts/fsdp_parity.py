@@ -85,6 +85,7 @@ def main(out: str) -> None:
             "weights": {k: [float(v.double().sum()), float(v.double().abs().sum())] for k, v in full.items()},
         }))
     if world > 1:
+        dist.barrier()  # no rank tears gloo down while the other still talks to it (seen: SIGABRT at exit)
         dist.destroy_process_group()
 
 
