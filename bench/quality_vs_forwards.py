@@ -120,14 +120,8 @@ def markdown(results: dict) -> str:
 
 
 def main(argv=None) -> None:
-    from layert2v_core.demo_model import demo_model_paths
-
-    default = demo_model_paths(required=False)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dit", default=default.get("dit"))
-    parser.add_argument("--vae", default=default.get("vae"))
-    parser.add_argument("--adapter", default=default.get("adapter"))
-    parser.add_argument("--text-encoder", default=default.get("text_encoder"))
+    eval_demo.add_model_arguments(parser)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--split", choices=sorted(eval_demo.SPLITS), default="seen",
                         help="seen (default: the demo model scores above the floor there, so drops show) or held-out")

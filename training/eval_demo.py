@@ -288,15 +288,18 @@ def markdown_table(results: list[dict], with_truth: bool = True) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--dit / --vae / --adapter / --text-encoder, each defaulting to the shipped demo model's file."""
     from layert2v_core.demo_model import demo_model_paths
 
     default = demo_model_paths(required=False)
+    for flag, key in (("--dit", "dit"), ("--vae", "vae"), ("--adapter", "adapter"), ("--text-encoder", "text_encoder")):
+        parser.add_argument(flag, default=default.get(key))
+
+
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dit", default=default.get("dit"))
-    parser.add_argument("--vae", default=default.get("vae"))
-    parser.add_argument("--adapter", default=default.get("adapter"))
-    parser.add_argument("--text-encoder", default=default.get("text_encoder"))
+    add_model_arguments(parser)
     parser.add_argument("--name", default="demo model")
     parser.add_argument("--foregrounds", type=int, default=1)
     parser.add_argument("--split", choices=sorted(SPLITS), default="held-out",

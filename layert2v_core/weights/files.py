@@ -46,6 +46,15 @@ class TensorIndex:
         return list(self.shapes)
 
 
+def tensor_set_diff(expected: dict, found: dict) -> tuple[list[str], list[str], list[str]]:
+    """Missing, unexpected and other-shape names between two {name: shape} maps (for the one-line
+    refusals of a file that does not fit its model)."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = [k for k in expected if k in found and tuple(found[k]) != tuple(expected[k])]
+    return missing, unexpected, wrong
+
+
 def require_file(path: str | Path, what: str) -> Path:
     path = Path(path)
     if not path.exists():

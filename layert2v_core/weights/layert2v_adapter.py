@@ -26,6 +26,7 @@ from ..dit import LAYER_ADALN_KEY
 from .header_schema import SchemaError, parse_json
 from .files import (
     WeightsError,
+    tensor_set_diff,
     atomic_save_safetensors,
     atomic_write_text,
     load_safetensors,
@@ -99,10 +100,8 @@ def _shapes(state: dict) -> dict[str, tuple[int, ...]]:
 def check_tensor_set(expected: dict[str, tuple], found: dict[str, torch.Tensor], where: str, what: str,
                      cause) -> None:
     """One line with counts of missing / unexpected / other-shape tensors and the likely cause."""
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    wrong = [f"{k} {tuple(found[k].shape)} vs model {expected[k]}"
-             for k in expected if k in found and tuple(found[k].shape) != tuple(expected[k])]
+    missing, unexpected, wrong = tensor_set_diff(expected, _shapes(found))
+    wrong = [f"{k} {tuple(found[k].shape)} vs model {expected[k]}" for k in wrong]
     if not (missing or unexpected or wrong):
         return
     parts = []

@@ -27,6 +27,7 @@ from .files import (
     load_any_weights,
     read_safetensors_index,
     read_safetensors_tensors,
+    tensor_set_diff,
 )
 
 CONFIGS_DIR = Path(__file__).parent.parent / "configs"
@@ -266,9 +267,8 @@ def _refuse_scaled_fp8(path: Path, shapes: dict) -> None:
 
 
 def _compare(component, path, found: dict, expected: dict, raw_shapes: dict, config: dict) -> None:
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    wrong = [f"{k} {found[k]} (config wants {expected[k]})" for k in expected if k in found and found[k] != expected[k]]
+    missing, unexpected, wrong = tensor_set_diff(expected, found)
+    wrong = [f"{k} {found[k]} (config wants {expected[k]})" for k in wrong]
     if not (missing or unexpected or wrong):
         return
     parts = []
