@@ -115,11 +115,12 @@ def _load(component: _Component, path, dtype, device, config_dir, overrides):
     if path.is_dir():  # a diffusers folder carries its own config
         model = _load_diffusers_folder(component, path, dtype)
     else:
-        if path.suffix == ".safetensors":  # wrong kind of file first: its config would fail the schema less clearly
-            _check_kind(component, path, read_safetensors_index(path).shapes)
-        overrides = {**embedded_config(path, component), **overrides}
+        index, source = _read_single_file(path)
+        # The file's kind before its config: a VAE given as the DiT is named as such, not by its config keys.
+        _check_kind(component, path, index.shapes)
+        overrides = {**embedded_config(index, component), **overrides}
         config = component.check({**shipped_config(component.name, config_dir), **overrides}, str(path))
-        model = _load_single_file(component, path, dtype, device, config_dir, overrides, config)
+        model = _load_single_file(component, path, index, source, dtype, device, config_dir, overrides, config)
     _check_nothing_left_empty(model, path, component)
     return model.to(device).eval()
 
@@ -127,16 +128,15 @@ def _load(component: _Component, path, dtype, device, config_dir, overrides):
 EMBEDDED_CONFIG_KEY = "diffusers_config"
 
 
-def embedded_config(path: Path, component: _Component) -> dict:
+def embedded_config(index: TensorIndex, component: _Component) -> dict:
     """Config stored in a single file's safetensors header by `save_with_config` (small and demo
-    models whose widths differ from Wan2.1-1.3B); empty for ComfyUI's files."""
-    if path.suffix != ".safetensors":
-        return {}
-    text = read_safetensors_index(path).metadata.get(EMBEDDED_CONFIG_KEY)
+    models whose widths differ from Wan2.1-1.3B); empty for ComfyUI's files and for pickles."""
+    text = index.metadata.get(EMBEDDED_CONFIG_KEY)
     if not text:
         return {}
-    config = parse_json(text, str(path), f"embedded {EMBEDDED_CONFIG_KEY}")
-    component.check(config, str(path))  # bounds first: a damaged header must not build for minutes
+    path = str(index.path)
+    config = parse_json(text, path, f"embedded {EMBEDDED_CONFIG_KEY}")
+    component.check(config, path)  # bounds first: a damaged header must not build for minutes
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
@@ -152,15 +152,17 @@ def _expected_shapes(component: _Component, config: dict) -> dict[str, tuple[int
     return {k: tuple(v.shape) for k, v in empty.state_dict().items()}
 
 
-def _load_single_file(component, path: Path, dtype, device, config_dir, overrides, config):
-    if path.suffix != ".safetensors" and path.suffix not in PICKLE_SUFFIXES:
-        raise WeightsError(f"{str(path)!r}: expected a .safetensors file (or {', '.join(PICKLE_SUFFIXES)})")
+def _read_single_file(path: Path) -> tuple[TensorIndex, object]:
+    """The file's tensor index, and what to load the weights from (its path, or a pickle's tensors)."""
     if path.suffix == ".safetensors":
-        index, source = read_safetensors_index(path), str(path)  # header only: no tensor data read yet
-    else:  # a pickle has no header: read it once (weights_only) and hand the tensors on
-        source = load_any_weights(path)
-        index = TensorIndex(path, {k: tuple(v.shape) for k, v in source.items()})
-    _check_kind(component, path, index.shapes)
+        return read_safetensors_index(path), str(path)  # header only: no tensor data read yet
+    if path.suffix in PICKLE_SUFFIXES:  # a pickle has no header: read it once (weights_only) and hand the tensors on
+        tensors = load_any_weights(path)
+        return TensorIndex(path, {k: tuple(v.shape) for k, v in tensors.items()}), tensors
+    raise WeightsError(f"{str(path)!r}: expected a .safetensors file (or {', '.join(PICKLE_SUFFIXES)})")
+
+
+def _load_single_file(component, path: Path, index: TensorIndex, source, dtype, device, config_dir, overrides, config):
     _refuse_scaled_fp8(path, index.shapes)
     expected = _expected_shapes(component, config)
     if set(index.shapes) == set(expected):  # already diffusers names: diffusers skips conversion too
