@@ -185,7 +185,7 @@ class SaveLayers(io.ComfyNode):
         preview_dir = result.path / WEB_PREVIEW_DIR
         try:  # the layer set is complete by now; previews are all or nothing beside it
             with readable_errors(node, output_input="filename_prefix", aliases={output_dir: "output"}):
-                with output_errors(preview_dir / "preview"):
+                with output_errors(preview_dir):
                     strips = write_web_previews(preview_dir, layers.rgb, layers.alpha_by_layer(), fps,
                                                 on_layer=mm.throw_exception_if_processing_interrupted)
         except BaseException:
