@@ -125,18 +125,55 @@ def test_caption_probe_swaps_one_word_of_the_asked_type():
     import numpy as np
 
     from training import caption_probe as probe
+    from training.caption_swap import WORD_TYPES, swap_word
     from training.data import synthetic as syn
 
     rng = np.random.default_rng(0)
     vocab = {"background": set(syn.COLORS), "colour": set(syn.COLORS), "shape": set(syn.SHAPES),
              "direction": set(syn.DIRECTIONS)}
     for background, shapes in probe.probe_scenes(seed=0, count=9):
-        right = syn.full_caption(shapes, background).split()
-        for word_type in probe.WORD_TYPES:
-            other = probe.swapped_caption(background, shapes, word_type, rng).split()
-            changed = [(a, b) for a, b in zip(right, other) if a != b]
-            assert len(other) == len(right) and len(changed) == 1, (word_type, right, other)
+        right = syn.full_caption(shapes, background)
+        for word_type in WORD_TYPES:
+            other = swap_word(right, word_type, rng).split()
+            changed = [(a, b) for a, b in zip(right.split(), other) if a != b]
+            assert len(other) == len(right.split()) and len(changed) == 1, (word_type, right, other)
             assert {changed[0][0], changed[0][1]} <= vocab[word_type]
+            if word_type in ("colour", "background"):  # a colour the scene does not use, so it stays unambiguous
+                assert changed[0][1] not in right.split()
+    assert swap_word("", "shape", rng) is None                   # the CFG caption has nothing to swap
+
+
+def test_caption_contrastive_term_is_the_softplus_of_the_swapped_captions_relative_loss_increase():
+    import torch
+    from diffusers import WanTransformer3DModel
+
+    from training.stage0_base import CaptionEmbedder, FlowObjective, build_demo_text_encoder
+
+    torch.manual_seed(0)
+    encoder = build_demo_text_encoder({"d_model": 32, "seed": 0}, 16, "cpu")
+    encoder.cache_size = 0
+    dit = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4,
+                                out_channels=4, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=1, rope_max_seq_len=64)
+    objective = FlowObjective(dit, CaptionEmbedder(encoder), contrast_weight=0.5, contrast_beta=20.0).train()
+    right = ["a red circle moving right over a blue background", "a white ring moving up over a green background"]
+    swapped = ["a red square moving right over a blue background", "a white ring moving down over a green background"]
+    latent, noise, t = torch.randn(2, 4, 2, 4, 4), torch.randn(2, 4, 2, 4, 4), torch.tensor([0.3, 0.8])
+    ids, mask = objective.text.token_ids(right)
+    s_ids, s_mask = objective.text.token_ids(swapped)
+    out = objective(latent, noise, t, input_ids=ids, attention_mask=mask, contrast=torch.tensor([True, False]),
+                    swapped_input_ids=s_ids, swapped_attention_mask=s_mask)
+    # Independently: the flow loss of sample 0 under each caption, through the encoder the sampler uses.
+    x_t = t.view(-1, 1, 1, 1, 1) * noise + (1 - t.view(-1, 1, 1, 1, 1)) * latent
+    with torch.no_grad():
+        def loss_of(caption):
+            v = dit(hidden_states=x_t[:1], timestep=t[:1] * 1000, encoder_hidden_states=encoder.encode(caption)[None],
+                    return_dict=False)[0]
+            return float((v - (noise[:1] - latent[:1])).pow(2).mean())
+        r = loss_of(swapped[0]) / loss_of(right[0]) - 1
+    assert abs(out["contrast"].item() - float(torch.nn.functional.softplus(torch.tensor(-20.0 * r)))) < 1e-4
+    assert abs(out["loss"].item() - (out["flow"].item() + 0.5 * out["contrast"].item())) < 1e-5
+    out["loss"].backward()                       # the term reaches the text encoder: it can learn the words
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in objective.text.parameters())
 
 
 def test_trainable_text_encoder_gives_the_contexts_sampling_sees():

@@ -16,7 +16,6 @@ Gate: for every word type the increase is positive and the right caption wins >=
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shlex
 import sys
@@ -25,30 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from .data import synthetic as syn
+from .caption_swap import WORD_TYPES, swap_word
 from .eval_demo import wilson
 
-WORD_TYPES = ("background", "colour", "shape", "direction")
 GATE_WIN = 0.9
 GATE_CLIPS = 200
-
-
-def swapped_caption(background, shapes, word_type: str, rng: np.random.Generator) -> str:
-    """The scene's full caption with one word of `word_type` replaced by an unused word of that type."""
-    used = {background.color_a, background.color_b} | {s.color for s in shapes}
-    k = int(rng.integers(len(shapes)))
-    if word_type == "background":
-        colour = str(rng.choice([c for c in syn.COLORS if c not in used]))
-        background = dataclasses.replace(background, color_a=colour, color_b=colour)
-    else:
-        s = shapes[k]
-        if word_type == "colour":
-            s = dataclasses.replace(s, color=str(rng.choice([c for c in syn.COLORS if c not in used])))
-        elif word_type == "shape":
-            s = dataclasses.replace(s, shape=str(rng.choice([x for x in syn.SHAPES if x != s.shape])))
-        else:
-            s = dataclasses.replace(s, direction=str(rng.choice([d for d in syn.DIRECTIONS if d != s.direction])))
-        shapes = shapes[:k] + [s] + shapes[k + 1:]
-    return syn.full_caption(shapes, background)
+DEFAULT_TIMESTEPS = (0.3, 0.5, 0.7, 0.9)
 
 
 def probe_scenes(seed: int, count: int):
@@ -57,45 +38,80 @@ def probe_scenes(seed: int, count: int):
     return [per_k[i % 3 + 1][i // 3] for i in range(count)]
 
 
-def run_probe(dit, vae, text_encoder, clips: int, timesteps: list[float], seed: int, frames: int = 17, size: int = 64,
-              progress=None) -> dict:
+def probe_clips(vae, clips: int, seed: int, frames: int = 17, size: int = 64) -> list[dict]:
+    """The probe's fresh clips, encoded once: {latent (1, C, T', h, w), noise, captions [right, swapped per
+    word type]}. Separate from scoring so a training run probes every checkpoint on the same clips."""
     import torch
 
     from layert2v_core.vae_io import encode_frames
 
-    losses = {"right": []} | {w: [] for w in WORD_TYPES}
     rng = np.random.default_rng([seed, 5_000_011])
     gen = torch.Generator().manual_seed(seed)
-    t = torch.tensor(timesteps, dtype=torch.float32)
-    for i, (background, shapes) in enumerate(probe_scenes(seed, clips)):
+    items = []
+    for background, shapes in probe_scenes(seed, clips):
         full, _, _ = syn.render_clip(background, shapes, frames, size, size)
         with torch.no_grad():
-            x0 = encode_frames(vae, torch.from_numpy(full.astype(np.float32)))
-        noise = torch.randn(x0.shape, generator=gen)
-        captions = [syn.full_caption(shapes, background)] + [swapped_caption(background, shapes, w, rng) for w in WORD_TYPES]
+            x0 = encode_frames(vae, torch.from_numpy(full.astype(np.float32))).cpu()
+        right = syn.full_caption(shapes, background)
+        items.append({"latent": x0, "noise": torch.randn(x0.shape, generator=gen), "foregrounds": len(shapes),
+                      "captions": [right] + [swap_word(right, w, rng) for w in WORD_TYPES]})
+    return items
+
+
+def flow_losses(dit, latent, noise, contexts, timesteps) -> "torch.Tensor":
+    """(n,) unweighted flow loss of one clip under each of n contexts (n, L, d), averaged over timesteps;
+    noise and timesteps shared, so differences come from the context alone."""
+    import torch
+
+    t = torch.tensor(list(timesteps), dtype=torch.float32, device=latent.device)
+    n, m = contexts.shape[0], t.numel()
+    tt = t.repeat(n).view(-1, 1, 1, 1, 1)                                                   # context-major
+    x_t = tt * noise + (1 - tt) * latent
+    with torch.no_grad():
+        v = dit(hidden_states=x_t.to(dit.dtype), timestep=tt.flatten() * 1000.0,
+                encoder_hidden_states=contexts.to(dit.dtype).repeat_interleave(m, 0), return_dict=False)[0]
+    return (v.float() - (noise - latent)).pow(2).mean(dim=(1, 2, 3, 4)).view(n, m).mean(1)
+
+
+def score_probe(dit, encode, items: list[dict], timesteps=DEFAULT_TIMESTEPS, progress=None) -> dict:
+    """encode: caption -> (L, d) context. Per word type: mean relative loss increase of the swapped caption
+    and the share of clips where the right caption has the lower loss (95 % Wilson interval)."""
+    import torch
+
+    device = next(dit.parameters()).device
+    losses = []
+    for i, item in enumerate(items):
         with torch.no_grad():
-            context = torch.stack([text_encoder.encode(c).float() for c in captions])   # (5, L, d)
-            n, m = len(captions), len(timesteps)
-            tt = t.repeat(n).view(-1, 1, 1, 1, 1)                                         # caption-major
-            x_t = tt * noise + (1 - tt) * x0
-            v = dit(hidden_states=x_t, timestep=tt.flatten() * 1000.0,
-                    encoder_hidden_states=context.repeat_interleave(m, 0), return_dict=False)[0]
-            per = (v.float() - (noise - x0)).pow(2).mean(dim=(1, 2, 3, 4)).view(n, m).mean(1)
-        losses["right"].append(float(per[0]))
-        for j, w in enumerate(WORD_TYPES, start=1):
-            losses[w].append(float(per[j]))
+            contexts = torch.stack([encode(c).float() for c in item["captions"]]).to(device)
+        losses.append(flow_losses(dit, item["latent"].to(device), item["noise"].to(device), contexts, timesteps).cpu())
         if progress and (i + 1) % 50 == 0:
-            progress(f"{i + 1}/{clips} clips")
-    right = np.array(losses["right"])
-    summary = {"clips": clips, "timesteps": timesteps, "right_caption_loss": float(right.mean())}
-    for w in WORD_TYPES:
-        other = np.array(losses[w])
-        wins = int((right < other).sum())
-        summary[w] = {"loss_increase": float((other / right - 1).mean()), "right_wins": wins / clips,
+            progress(f"{i + 1}/{len(items)} clips")
+    per = torch.stack(losses).numpy()                                         # (clips, 1 + word types)
+    right, clips = per[:, 0], len(items)
+    summary = {"clips": clips, "timesteps": list(timesteps), "right_caption_loss": float(right.mean())}
+    for j, w in enumerate(WORD_TYPES, start=1):
+        wins = int((right < per[:, j]).sum())
+        summary[w] = {"loss_increase": float((per[:, j] / right - 1).mean()), "right_wins": wins / clips,
                       "right_wins_ci": wilson(wins, clips)}
+    # Per foreground count: a DiT may read a one-object caption's words and still fail to bind them in three.
+    counts = np.array([item.get("foregrounds", 0) for item in items])
+    summary["right_wins_by_foregrounds"] = {
+        str(k): {w: float((right[counts == k] < per[counts == k, j]).mean()) for j, w in enumerate(WORD_TYPES, start=1)}
+        for k in sorted(set(counts.tolist()))}
     summary["pass"] = clips >= GATE_CLIPS and all(
         summary[w]["loss_increase"] > 0 and summary[w]["right_wins"] >= GATE_WIN for w in WORD_TYPES)
     return summary
+
+
+def run_probe(dit, vae, text_encoder, clips: int, timesteps: list[float], seed: int, frames: int = 17, size: int = 64,
+              progress=None) -> dict:
+    return score_probe(dit, text_encoder.encode, probe_clips(vae, clips, seed, frames, size), timesteps, progress)
+
+
+def format_table(summary: dict) -> str:
+    rows = [f"| {w} | {summary[w]['loss_increase']:+.1%} | {summary[w]['right_wins']:.2f} "
+            f"[{summary[w]['right_wins_ci'][0]:.2f}-{summary[w]['right_wins_ci'][1]:.2f}] |" for w in WORD_TYPES]
+    return "\n".join(["| word swapped | loss increase | right caption wins (95 % CI) |", "|---|---|---|"] + rows)
 
 
 def main(argv=None) -> None:
@@ -111,8 +127,9 @@ def main(argv=None) -> None:
     parser.add_argument("--text-encoder", default=None)
     parser.add_argument("--text-len", type=int, default=32)
     parser.add_argument("--clips", type=int, default=200)
-    parser.add_argument("--timesteps", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.9])
+    parser.add_argument("--timesteps", type=float, nargs="+", default=list(DEFAULT_TIMESTEPS))
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--frames", type=int, default=17, help="frames per probe clip (the base DiT's training length)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None)
     parser.add_argument("--smoke", action="store_true", help="6 clips: checks the tool runs")
@@ -130,13 +147,10 @@ def main(argv=None) -> None:
     dit = load_wan_transformer(args.dit, dtype=torch.float32).eval()
     vae = load_wan_vae(args.vae, dtype=torch.float32).eval()
     text = TextEncoder.from_folder(args.text_encoder, text_len=args.text_len, dtype=torch.float32, cache_size=0)
-    summary = run_probe(dit, vae, text, args.clips, args.timesteps, args.seed, progress=lambda m: print(m, flush=True))
+    summary = run_probe(dit, vae, text, args.clips, args.timesteps, args.seed, frames=args.frames, progress=lambda m: print(m, flush=True))
     print(f"caption probe ({args.dit}): {'PASS' if summary['pass'] else 'FAIL'} on {args.clips} fresh clips "
           f"(gate: every word type raises the loss and the right caption wins >= {GATE_WIN:.0%} over >= {GATE_CLIPS})")
-    print("| word swapped | loss increase | right caption wins (95 % CI) |\n|---|---|---|")
-    for w in WORD_TYPES:
-        r = summary[w]
-        print(f"| {w} | {r['loss_increase']:+.1%} | {r['right_wins']:.2f} [{r['right_wins_ci'][0]:.2f}-{r['right_wins_ci'][1]:.2f}] |")
+    print(format_table(summary))
     result = {"dit": args.dit, "summary": summary,
               "command": "python -m training.caption_probe " + " ".join(shlex.quote(a) for a in sys.argv[1:])}
     if args.json:

@@ -157,6 +157,9 @@ class EvalConfig:
     # Held-out prompts: [{full, background, foregrounds: [...]}, ...]; default: synthetic captions of
     # scenes never written to the training set.
     prompts: Optional[list] = None
+    # Base DiT only: the caption probe (training/caption_probe.py) on this many fresh clips at every
+    # evaluation, appended to <output_dir>/eval/probe.jsonl (0: no probe).
+    probe_clips: int = 0
 
 
 @dataclass
