@@ -19,7 +19,7 @@ from pathlib import Path
 
 OUT = Path("output/levers")
 CONFIG = "training/configs/demo_stage0_dit.yaml"
-STEPS = 1500
+STEPS = 2000
 
 COMMON = {
     "model.vae_path": "output/demo/stage0_vae/adapter/vae.safetensors",
