@@ -1,14 +1,17 @@
 """The README's per-compositor recipes, run verbatim on a real layer set by ffmpeg, oiiotool and Blender.
 
-One set with two soft-edged foregrounds (order matters) in every format. Each recipe's composite is
-compared with the model's composite (`full`: premultiplied over, on sRGB-encoded values) or, for
-the linear-light EXR recipe, with the same rule on linear values; `judge` also checks the edge
-pixels for the bias that halos and dark fringes leave.
+One set with two soft-edged foregrounds (order matters) in every format, every layer sweeping from
+black to white (readers' errors depend on the tone: Blender's sRGB transform is worst in the darks).
+Each recipe's composite is compared with the model's composite (`full`: premultiplied over, on
+sRGB-encoded values) or, for the linear-light EXR recipe, with the same rule on linear values;
+`judge` also checks the edge pixels for the bias that halos and dark fringes leave. The Blender
+figures are checked against the README's, which must be the worst case measured here.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from fractions import Fraction
@@ -17,13 +20,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compositors import (FFPROBE, ffmpeg_float_rgba, judge, needs_blender, needs_ffmpeg, needs_oiio,
-                         read_pngs, run, srgb_decode, srgb_encode)
+from compositors import (FFMPEG, FFPROBE, blender_lut, ffmpeg_float_rgba, judge, needs_blender,
+                         needs_ffmpeg, needs_oiio, read_pngs, run, run_blender, srgb_decode,
+                         srgb_encode)
 from layert2v_core.export import composite_over, write_layer_set
 from layert2v_core.export.synthetic import soft_rgba_clip
 
 F, H, W, FPS = 9, 48, 64, 16
+TONES = (0.0, 1.0)  # every colour field sweeps from black to white: dark AND bright content
 README = Path(__file__).resolve().parents[1] / "README.md"
+COMPOSITORS = Path(__file__).resolve().parent / "compositors"
 
 # Exactly as printed in the README (run with the layer set folder as the working directory).
 RECIPES = {
@@ -51,7 +57,7 @@ RECIPES = {
         'png16/background/background.@@@@@.png --ch R,G,B,A=1.0 --over --over '
         '-d uint16 -o comp_oiio.@@@@@.png'),
     "oiiotool_exr_linear": (
-        'oiiotool exr_multilayer/layers.@@@@@.exr --ch R=foreground_2.R,G=foreground_2.G,B=foreground_2.B,A=foreground_2.A '
+        'oiiotool --nosoftwareattrib exr_multilayer/layers.@@@@@.exr --ch R=foreground_2.R,G=foreground_2.G,B=foreground_2.B,A=foreground_2.A '
         'exr_multilayer/layers.@@@@@.exr --ch R=foreground_1.R,G=foreground_1.G,B=foreground_1.B,A=foreground_1.A '
         'exr_multilayer/layers.@@@@@.exr --ch R=background.R,G=background.G,B=background.B,A=background.A '
         '--over --over -d float -o comp_linear.@@@@@.exr'),
@@ -66,10 +72,10 @@ def scene():
 
 def make_scene() -> dict:
     """Two foregrounds over a background; `full` is their composite on sRGB-encoded values."""
-    a, b = soft_rgba_clip(F, H, W, seed=11, grain=0.005), soft_rgba_clip(F, H, W, seed=12, grain=0.005)
+    a, b = (soft_rgba_clip(F, H, W, seed=seed, grain=0.005, tones=TONES) for seed in (11, 12))
     alpha2 = np.flip(b.alpha, axis=2).copy()
     # Strong colour contrast between the layers so that a comp in the wrong space shows.
-    straight2 = np.clip(1.0 - b.straight[..., ::-1] * 0.8, 0, 1).astype(np.float32)
+    straight2 = np.clip(1.0 - b.straight[..., ::-1], 0, 1).astype(np.float32)
     fgs, alphas = [a.premultiplied, straight2 * alpha2[..., None]], [a.alpha, alpha2]
     full = composite_over(fgs, alphas, a.background)
     straights = [a.straight, straight2]
@@ -79,7 +85,7 @@ def make_scene() -> dict:
                        "foreground_2": fgs[1]},
             "alphas": {"foreground_1": alphas[0], "foreground_2": alphas[1]},
             "full": full, "linear_full": linear_full, "soft": np.maximum(*alphas),
-            "premultiplied": fgs, "alpha_list": alphas}
+            "premultiplied": fgs, "alpha_list": alphas, "straight": straights}
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +99,19 @@ def test_readme_prints_every_recipe_verbatim():
     text = README.read_text(encoding="utf-8")
     missing = [name for name, cmd in RECIPES.items() if cmd not in text]
     assert not missing, f"README lacks the recipes {missing} exactly as tested"
+
+
+def test_scene_spans_dark_and_bright(scene):
+    """Worst cases live at the ends of the tone range: every layer reaches both, and `full`
+    leaves no 1/64 of [0, 1] unvisited."""
+    for name, values in [("background", scene["layers"]["background"]), ("full", scene["full"]),
+                         *((f"foreground_{k + 1} colour", s[a > 0.98])
+                           for k, (s, a) in enumerate(zip(scene["straight"], scene["alpha_list"])))]:
+        dark, bright = (values < 0.05).mean(), (values > 0.95).mean()
+        print(f"\n[tones] {name}: {dark:.1%} below 0.05, {bright:.1%} above 0.95")
+        assert dark > 0.02 and bright > 0.02, name
+    counts = np.histogram(scene["full"], bins=64, range=(0, 1))[0]
+    assert counts.min() > 0, f"tone bins never visited: {np.flatnonzero(counts == 0)}"
 
 
 def test_the_two_spaces_differ_on_this_scene(scene):
@@ -114,7 +133,7 @@ def test_ffmpeg_prores_recipe(tmp_path, scene, alpha_mode, recipe):
     got = read_pngs(folder, "comp_prores.%05d.png", F)
     # Against `full`: the 422 HQ background's 4:2:2 chroma bounds the max (0.044 on its own).
     judge(f"ffmpeg overlay, {alpha_mode} ProRes 4444 over 422 HQ", got, scene["full"],
-          scene["soft"], max_tol=0.06, edge_tol=1e-2)
+          scene["soft"], max_tol=0.08, edge_tol=1e-2)
     # Over the lossless PNG16 background: the 4444 foregrounds' own codec noise, no fringe.
     run(RECIPES[recipe].replace("-i prores/background.mov",
                                 "-framerate 16 -i png16/background/background.%05d.png")
@@ -133,7 +152,7 @@ def test_ffmpeg_png16_recipe(layer_set, scene):
     run(RECIPES["ffmpeg_png16"], cwd=layer_set)
     got = read_pngs(layer_set, "comp_png16.%05d.png", F)
     # overlay=format=rgb works on 8-bit RGB: 8-bit rounding of each input is the whole error.
-    judge("ffmpeg overlay=format=rgb, PNG16", got, scene["full"], scene["soft"], max_tol=8e-3,
+    judge("ffmpeg overlay=format=rgb, PNG16", got, scene["full"], scene["soft"], max_tol=1e-2,
           edge_tol=1e-3)
 
 
@@ -145,7 +164,7 @@ def test_ffmpeg_webm_recipe_frames_on_time(layer_set, scene):
     assert got.shape[0] == F
     # VP9 at crf 18, 4:2:0, 8-bit alpha: lossy; a fringe would bias the edges by 0.2 or more.
     figures = judge("ffmpeg libvpx-vp9 WebM over PNG16", got, scene["full"], scene["soft"],
-                    max_tol=0.12, edge_tol=1.5e-2)
+                    max_tol=0.15, edge_tol=1.5e-2)
     # Every frame is its own, not the previous foreground (the 63 ms drift showed frame 0 at frame 1).
     per_frame = np.abs(got[..., :3] - scene["full"]).mean(axis=(1, 2, 3))
     shifted = np.abs(got[1:, ..., :3] - scene["full"][:-1]).mean(axis=(1, 2, 3))
@@ -209,7 +228,7 @@ def test_ffmpeg_reads_multilayer_exr_layers(layer_set, scene):
 def test_oiiotool_png16_recipe(layer_set, scene):
     run(RECIPES["oiiotool_png16"], cwd=layer_set)
     got = read_pngs(layer_set, "comp_oiio.%05d.png", F)
-    judge("oiiotool --over, PNG16", got, scene["full"], scene["soft"], max_tol=4e-5)
+    judge("oiiotool --over, PNG16", got, scene["full"], scene["soft"], max_tol=5e-5)
 
 
 @needs_oiio
@@ -222,6 +241,24 @@ def test_oiiotool_multilayer_exr_recipe_is_the_linear_comp(layer_set, scene):
     judge("oiiotool --over, multi-layer EXR, linear light", got, scene["linear_full"],
           scene["soft"], max_tol=1.5e-5)
     assert np.abs(srgb_encode(got[..., :3]) - scene["full"]).max() > 0.1
+
+
+@needs_oiio
+@needs_ffmpeg
+def test_oiiotool_exr_recipe_output_reads_in_ffmpeg(layer_set, tmp_path):
+    """oiiotool writes its whole command line into the EXR's Software and ImageHistory attributes,
+    and ffmpeg 5.1 refuses the file once they grow past ~520 characters; `--nosoftwareattrib`
+    (in the README recipe) leaves them out. Run as a script would, with absolute paths."""
+    recipe = RECIPES["oiiotool_exr_linear"].replace("exr_multilayer/", f"{layer_set}/exr_multilayer/")
+    for name, cmd in (("kept", recipe.replace("--nosoftwareattrib ", "")), ("left_out", recipe)):
+        out = tmp_path / f"{name}_{'x' * 100}"  # a script's output path can be long: make it so
+        out.mkdir()
+        run(cmd.replace("-o comp_linear", f"-o {out}/comp_linear"), cwd=tmp_path)
+        read = subprocess.run([FFMPEG, "-v", "error", "-i", str(out / "comp_linear.00000.exr"),
+                               "-f", "null", "-"], capture_output=True, text=True)
+        print(f"\n[ffmpeg reads oiiotool's EXR, Software attribute {name}] rc {read.returncode}, "
+              f"command line {len(cmd)} characters")
+        assert (read.returncode == 0) == (name == "left_out"), read.stderr
 
 
 @needs_oiio
@@ -250,28 +287,138 @@ def test_oiiotool_reads_prores_alpha_but_not_its_colour_matrix(layer_set, scene,
 # ---------------------------------------------------------------- Blender (the generated comp)
 
 def run_blender_comp(folder: Path) -> np.ndarray:
-    run(RECIPES["blender"], cwd=folder, timeout=180)
+    run_blender(RECIPES["blender"], cwd=folder)
     return read_pngs(folder / "blender_recomposite", "recomposite.%05d.png", F)
 
 
+# The README's "Max error against `full`" figure for each source the comp reads.
+README_LABELS = {"exr_multilayer": "multi-layer EXR", "png16": "PNG16", "exr_float": "EXR float",
+                 "exr_half": "EXR half", "png8": "PNG8", "prores": "ProRes"}
+
+
+def readme_blender_figure(source: str) -> float:
+    text = README.read_text(encoding="utf-8")
+    paragraph = text[text.index("**Blender**: in the set folder"):text.index("**ffmpeg**:")]
+    found = re.search(rf"(?<![\w-]){README_LABELS[source]} (\d\.\de-\d+)", paragraph)
+    assert found, f"README's Blender paragraph gives no figure for {README_LABELS[source]}"
+    return float(found.group(1))
+
+
 @needs_blender
-@pytest.mark.parametrize("formats, source, max_tol, edge_tol", [
-    # The render is a 16-bit PNG: its rounding (7.6e-6) adds to the EXR's float error.
-    (["exr_multilayer", "png16"], "exr_multilayer", 4e-5, 4e-5),
-    (["png16", "prores"], "png16", 4e-5, 4e-5),
-    (["exr_float"], "exr_float", 4e-5, 4e-5),
-    (["exr_half"], "exr_half", 3e-3, 1e-3),   # half float: 11-bit mantissa
-    (["png8"], "png8", 6e-3, 1e-3),
+@pytest.mark.parametrize("formats, source, edge_tol", [
+    (["exr_multilayer", "png16"], "exr_multilayer", 4e-5),
+    (["png16", "prores"], "png16", 4e-5),
+    (["exr_float"], "exr_float", 4e-5),
+    (["exr_half"], "exr_half", 1e-3),   # half float: 11-bit mantissa
+    (["png8"], "png8", 1e-3),
     # Blender decodes movies to 8 bits; the max is the 422 HQ background's 4:2:2 chroma.
-    (["prores"], "prores", 0.05, 4e-3),
+    (["prores"], "prores", 4e-3),
 ])
-def test_blender_generated_comp(tmp_path, scene, formats, source, max_tol, edge_tol):
+def test_blender_generated_comp(tmp_path, scene, formats, source, edge_tol):
+    """The README's figure is the worst case over this black-to-white scene: no smaller than the
+    measured max, and not inflated (within 25% of it)."""
     ls = write_layer_set(tmp_path, scene["layers"], scene["alphas"], fps=FPS, formats=formats)
     script = (ls.path / "blender_comp.py").read_text()
     assert re.search(rf"'format': '{source}", script), "the comp reads the most exact format"
     got = run_blender_comp(ls.path)
-    judge(f"Blender compositor, generated comp, {source}", got, scene["full"], scene["soft"],
-          max_tol=max_tol, edge_tol=edge_tol)
+    figure = readme_blender_figure(source)
+    measured = judge(f"Blender compositor, generated comp, {source}", got, scene["full"],
+                     scene["soft"], max_tol=figure * 1.0001, edge_tol=edge_tol)["max"]
+    assert measured > 0.75 * figure, f"README says {figure:.1e} for {source}, measured {measured:.2e}"
+
+
+@needs_blender
+def test_blender_comp_error_is_blenders_srgb_lut(tmp_path, scene):
+    """Why the comp's worst case sits in the darks: Blender 3.4 converts linear to sRGB through a
+    1D LUT (srgb_inv.spi1d) with linear interpolation, off the exact curve by up to ~9e-5 just
+    above its linear toe (sRGB ~0.046). A model of the PNG16 comp built on that LUT (sRGB -> linear
+    -> sRGB through Blender's two LUT files) predicts the render to 16-bit rounding; the exact
+    curve does not."""
+    ls = write_layer_set(tmp_path, scene["layers"], scene["alphas"], fps=FPS, formats=["png16"])
+    got = run_blender_comp(ls.path)[..., :3]
+    to_linear, to_srgb = blender_lut("srgb.spi1d"), blender_lut("srgb_inv.spi1d")
+    # The composite of the values the PNG16 files hold (straight colour, alpha), as Blender reads them.
+    bg, *fgs = (read_pngs(ls.path / "png16" / n, f"{n}.%05d.png", F)
+                for n in ls.manifest["composite_order"])
+    comp = composite_over([fg[..., :3] * fg[..., 3:] for fg in fgs], [fg[..., 3] for fg in fgs], bg)
+    model = np.interp(np.interp(comp, *to_linear), *to_srgb)
+    lut_err, curve_err = np.abs(got - model), np.abs(got - comp)
+    worst = np.unravel_index(curve_err.argmax(), curve_err.shape)
+    print(f"\n[Blender PNG16 comp] vs exact sRGB curve: max {curve_err.max():.2e} at sRGB "
+          f"{comp[worst]:.3f}; vs Blender's LUT model: max {lut_err.max():.2e}")
+    assert lut_err.max() < 1e-5 < 5e-5 < curve_err.max()  # 1e-5: the render's 16-bit rounding
+    assert comp[worst] < 0.1, "the worst error is no longer in the darks: check the README's reason"
+    # The README's per-step figure: the LUT against the sRGB curve over every 16-bit code.
+    codes = np.arange(65536) / 65535
+    step = np.abs(np.interp(srgb_decode(codes), *to_srgb) - codes)
+    said = re.search(r"off the sRGB curve by up to (\d\.\de-\d+) just above the\s+curve's linear toe "
+                     r"\(sRGB values near (0\.\d+)\)", README.read_text(encoding="utf-8"))
+    assert said, "README no longer gives the LUT's worst step"
+    print(f"[Blender srgb_inv.spi1d] worst step {step.max():.2e} at sRGB {codes[step.argmax()]:.3f}")
+    assert float(f"{step.max():.1e}") == float(said.group(1))
+    assert abs(codes[step.argmax()] - float(said.group(2))) < 2e-3
+
+
+@needs_blender
+@needs_ffmpeg
+def test_blender_reads_webm_without_alpha(tmp_path, scene):
+    """Why a WebM-only set gets no comp: Blender 3.4 decodes VP9 WebM as opaque (the same reader
+    gets ProRes 4444 alpha right). If this fails, Blender reads VP9 alpha now: let the comp use it."""
+    ls = write_layer_set(tmp_path, scene["layers"], scene["alphas"], fps=FPS,
+                         formats=["webm", "prores"])
+    alpha = scene["alpha_list"][0]
+    errors = {}
+    for fmt in ("webm_vp9", "prores_4444"):
+        movie = ls.path / ls.output("foreground_1", fmt)["path"]
+        run_blender(["blender", "-b", "--factory-startup", "--python",
+                     str(COMPOSITORS / "blender_movie_rgba.py"), "--", str(movie),
+                     str(tmp_path / fmt), str(F), str(W), str(H)], cwd=tmp_path)
+        rgba = read_pngs(tmp_path / fmt, "movie.%05d.png", F, 1)
+        errors[fmt] = np.abs(rgba[..., 3] - alpha).max()
+        print(f"\n[Blender reads {fmt}] alpha min {rgba[..., 3].min():.3f}, "
+              f"max error {errors[fmt]:.2e}")
+        if fmt == "webm_vp9":
+            assert rgba[..., 3].min() == 1.0
+    assert errors["prores_4444"] < 1e-2 and errors["webm_vp9"] == 1.0
+    assert ls.manifest["comp"]["reads"]["foreground_1"] == "prores_4444"
+
+
+@needs_blender
+@pytest.mark.parametrize("broken, named", [("missing frame", "layers.00003.exr"),
+                                           ("script error", 'key "nobody"')])
+def test_blender_comp_fails_loudly_on_a_broken_set(tmp_path, scene, broken, named):
+    """Blender exits 0 whatever its script does; the comp exits 1 itself, with one line."""
+    ls = write_layer_set(tmp_path, scene["layers"], scene["alphas"], fps=FPS,
+                         formats=["exr_multilayer"])
+    script = ls.path / "blender_comp.py"
+    if broken == "missing frame":
+        (ls.path / "exr_multilayer" / "layers.00003.exr").unlink()
+    else:  # a pass the file does not have: an exception inside Blender
+        script.write_text(script.read_text().replace("'pass': 'foreground_1'", "'pass': 'nobody'"))
+    res = subprocess.run(["blender", "-b", "--python", str(script)], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=180)
+    said = [line for line in res.stderr.splitlines() if line.startswith("blender_comp.py:")]
+    print(f"\n[Blender comp, {broken}] rc {res.returncode}: {said}")
+    assert res.returncode == 1 and len(said) == 1 and named in said[0]
+    assert not (ls.path / "blender_recomposite").exists()
+
+
+@needs_blender
+def test_run_blender_fails_when_the_script_did_not_run(tmp_path):
+    """Blender exits 0 when it cannot open its script, and looks for a relative one under $PWD,
+    not under the working folder a subprocess gives it: run_blender catches both."""
+    (tmp_path / "ok.py").write_text("import bpy\n")
+    (tmp_path / "raises.py").write_text("raise RuntimeError('boom')\n")
+    elsewhere = subprocess.run(["blender", "-b", "--factory-startup", "--python", "ok.py"],
+                               cwd=tmp_path, env={**os.environ, "PWD": "/"},
+                               capture_output=True, text=True, timeout=120)
+    assert elsewhere.returncode == 0 and "could not be opened" in elsewhere.stdout + elsewhere.stderr
+    for script in (tmp_path / "missing.py", tmp_path / "raises.py"):
+        with pytest.raises(AssertionError, match="Blender's script did not run"):
+            run_blender(["blender", "-b", "--factory-startup", "--python", str(script)], cwd=tmp_path)
+    with pytest.raises(AssertionError, match="absolute script path"):
+        run_blender(["blender", "-b", "--python", "ok.py"], cwd=tmp_path)
+    run_blender(["blender", "-b", "--factory-startup", "--python", str(tmp_path / "ok.py")], cwd="/")
 
 
 @needs_blender
@@ -280,7 +427,7 @@ def test_blender_generated_comp_premultiplied_prores(tmp_path, scene):
                          alpha_mode="premultiplied")
     got = run_blender_comp(ls.path)
     judge("Blender compositor, generated comp, premultiplied ProRes", got, scene["full"],
-          scene["soft"], max_tol=0.05, edge_tol=4e-3)
+          scene["soft"], max_tol=0.07, edge_tol=4e-3)
 
 
 @needs_blender
@@ -308,13 +455,13 @@ def test_blender_sequencer_prores(tmp_path, scene, alpha_mode):
     strip's Alpha Mode says, so a premultiplied set fringes dark there: the README says so."""
     ls = write_layer_set(tmp_path, scene["layers"], scene["alphas"], fps=FPS, formats=["prores"],
                          alpha_mode=alpha_mode)
-    script = Path(__file__).parent / "compositors" / "blender_sequencer.py"
-    run(["blender", "-b", "--factory-startup", "--python", str(script), "--", str(ls.path),
-         str(tmp_path / "render"), alpha_mode], timeout=180)
+    run_blender(["blender", "-b", "--factory-startup", "--python",
+                 str(COMPOSITORS / "blender_sequencer.py"), "--", str(ls.path),
+                 str(tmp_path / "render"), alpha_mode], cwd=tmp_path)
     got = read_pngs(tmp_path / "render", "seq.%05d.png", F, 1)
     if alpha_mode == "straight":
         judge("Blender sequencer, straight ProRes", got, scene["full"], scene["soft"],
-              max_tol=0.05, edge_tol=4e-3)
+              max_tol=0.07, edge_tol=4e-3)
     else:
         soft = (scene["soft"] > 0.02) & (scene["soft"] < 0.98)
         bias = (got[..., :3] - scene["full"])[soft].mean()
@@ -332,7 +479,7 @@ def test_premultiplied_set_keeps_webm_straight(tmp_path, scene):
     assert ls.output("foreground_1", "prores_4444")["alpha_mode"] == "premultiplied"
     run(RECIPES["ffmpeg_webm"], cwd=ls.path)
     judge("ffmpeg libvpx-vp9 WebM of a premultiplied set", read_pngs(ls.path, "comp_webm.%05d.png", F),
-          scene["full"], scene["soft"], max_tol=0.12, edge_tol=1.5e-2)
+          scene["full"], scene["soft"], max_tol=0.15, edge_tol=1.5e-2)
 
 
 @needs_ffmpeg

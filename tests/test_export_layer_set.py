@@ -179,3 +179,63 @@ def test_blender_comp_only_over_a_background_and_multilayer_sidecar(tmp_path, tw
     assert (side["alpha_mode"], side["transfer"], side["pattern"]) == (
         "premultiplied", "linear", "layers.%05d.exr")
     assert side["composite"]["space"] == "srgb_encoded"
+
+
+def test_every_output_states_its_own_layers_alpha(tmp_path, two_fg):
+    """One truth per layer: an output's has_alpha and alpha_mode are its layer's, the multi-layer
+    EXR included (whose file-wide sidecar lists the groups with a matte), and the pixels agree."""
+    import OpenEXR
+
+    layers, alphas = two_fg
+    ls = write_layer_set(tmp_path, layers, alphas, fps=16, formats=FORMATS)
+    for layer in ls.manifest["layers"]:
+        for out in layer["outputs"]:
+            claim = (out["format"], out["has_alpha"], out["alpha_mode"] is not None)
+            assert claim == (out["format"], layer["has_alpha"], layer["has_alpha"]), layer["name"]
+    side = json.loads((ls.path / "exr_multilayer" / "sequence.json").read_text())
+    assert side["has_alpha"] is True and side["alpha_layers"] == ["foreground_1", "foreground_2"]
+    assert "alpha_layers" not in ls.output("foreground_1", "exr_multilayer")
+    frame = OpenEXR.File(str(ls.files(ls.output("full", "exr_multilayer"))[2]),
+                         separate_channels=True).channels()
+    for name in layers:  # a layer that says has_alpha false has A = 1 everywhere in its group
+        a = frame[f"{name}.A"].pixels
+        if ls.layer(name)["has_alpha"]:
+            assert np.abs(a - alphas[name][2]).max() < 1e-6 and a.min() == 0.0
+        else:
+            assert np.all(a == 1.0)
+
+    bad = json.loads(json.dumps(ls.manifest))
+    full = next(o for o in bad["layers"][0]["outputs"] if o["format"] == "exr_multilayer")
+    full["has_alpha"] = True  # what schema 2 wrote: the whole file's flag
+    assert any("has_alpha must be the layer's own (False)" in p for p in validate_manifest(bad))
+
+
+@pytest.mark.parametrize("formats, reads, why", [
+    (["png16", "prores"], {"background": "png16", "foreground_1": "png16", "foreground_2": "png16"},
+     None),
+    (["prores", "webm"], {"background": "prores_422_hq", "foreground_1": "prores_4444",
+                          "foreground_2": "prores_4444"}, None),
+    (["webm"], None, "decodes VP9 WebM without its alpha"),
+    (["h264"], None, "the foregrounds have no file in this set"),
+    (["webm", "h264"], None, "decodes VP9 WebM without its alpha"),
+])
+def test_comp_says_what_it_reads_or_why_none(tmp_path, two_fg, formats, reads, why):
+    layers, alphas = two_fg
+    ls = write_layer_set(tmp_path, layers, alphas, fps=16, formats=formats)
+    comp = ls.manifest["comp"]
+    assert (comp["reads"], (ls.path / "blender_comp.py").is_file()) == (reads, why is None)
+    if why is None:
+        assert comp["blender"] == "blender_comp.py" and comp["why_none"] is None
+        script = (ls.path / "blender_comp.py").read_text()
+        for fmt in set(reads.values()):  # the script reads what the manifest says
+            assert f"'format': '{fmt}'" in script
+    else:
+        assert comp["blender"] is None and why in comp["why_none"]
+        assert "add png16, an exr format or prores" in comp["why_none"]
+    no_bg = write_layer_set(tmp_path, {k: v for k, v in layers.items() if k != "background"},
+                            alphas, fps=16, formats=formats)
+    assert "no 'background' layer" in no_bg.manifest["comp"]["why_none"]
+
+    bad = json.loads(json.dumps(ls.manifest))
+    bad["comp"] = {"blender": None}
+    assert any("must say why in comp.why_none" in p for p in validate_manifest(bad))

@@ -1,5 +1,5 @@
 """Layered export for compositors: alpha conventions and writers (PNG, EXR, multi-layer EXR,
-ProRes, WebM, H.264) and the ready Blender comp written with each layer set.
+ProRes, WebM, H.264) and the ready Blender comp written with each layer set Blender can read.
 
 Start with `conventions` (the alpha and composite rules) and `write_layer_set` (one folder per
 generation). Everything writes through PyAV (multi-layer EXR through the OpenEXR bindings); no

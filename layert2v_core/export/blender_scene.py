@@ -3,6 +3,10 @@
     blender -b --python blender_comp.py -- [--output DIR] [--save scene.blend] [--no-render]
     blender --python blender_comp.py                     # builds the scene in the UI, no render
 
+In the background it exits 1 with one line when a file of the set is missing or anything fails.
+From another script, give Blender this file's absolute path: it looks for a relative one under
+$PWD, not the working folder a subprocess is given, and exits 0 when it cannot open it.
+
 Loads each layer with the reading its file needs, stacks the foregrounds over the background with
 Alpha Over (first foreground lowest) in the model's composite space, sRGB-encoded values, and
 renders the recomposite as 16-bit PNGs (view transform Standard) that match the set's `full` layer.
@@ -43,6 +47,25 @@ def convert(tree, socket, source, target):
     node.from_color_space, node.to_color_space = source, target
     tree.links.new(socket, node.inputs[0])
     return node.outputs[0]
+
+
+def missing_files():
+    """Set files that are not next to this script (a moved or partly copied set)."""
+    names = []
+    for layer in SET["layers"]:
+        if layer["kind"] == "sequence":
+            frames = range(layer["first_frame"], layer["first_frame"] + SET["frame_count"])
+            names += [layer["pattern"] % i for i in frames]
+        else:
+            names.append(layer["file"])
+    return [n for n in dict.fromkeys(names) if not os.path.isfile(os.path.join(HERE, n))]
+
+
+def fail(message):
+    """One line; a background run exits 1 (Blender itself would exit 0), the UI stays open."""
+    print(f"blender_comp.py: {message}", file=sys.stderr)
+    if bpy.app.background:
+        sys.exit(1)
 
 
 def load_layer(tree, layer, linear, srgb):
@@ -115,6 +138,17 @@ def main():
     parser.add_argument("--save", help="also save the scene as this .blend file")
     parser.add_argument("--no-render", action="store_true")
     args = parser.parse_args(argv)
+    missing = missing_files()
+    if missing:
+        return fail(f"{len(missing)} file(s) of the layer set missing next to this script, first "
+                    f"{missing[0]}: run it inside the complete set folder")
+    try:
+        render(args)
+    except Exception as e:  # Blender would print a traceback and still exit 0
+        fail(f"{type(e).__name__}: {e}")
+
+
+def render(args):
     scene = build_scene()
     if args.save:
         bpy.ops.wm.save_as_mainfile(filepath=os.path.abspath(args.save))
@@ -122,7 +156,8 @@ def main():
         settings = scene.render.image_settings
         settings.file_format, settings.color_mode, settings.color_depth = "PNG", "RGB", "16"
         scene.render.filepath = os.path.join(os.path.abspath(args.output), "recomposite.#####")
-        bpy.ops.render.render(animation=True)
+        if "FINISHED" not in bpy.ops.render.render(animation=True):
+            fail(f"the render did not finish; nothing complete in {args.output}")
 
 
 main()

@@ -38,6 +38,7 @@ DEFAULT_EPS = 1.0 / 4096
 ALPHA_POLARITY = "1 = opaque, 0 = transparent"
 MODEL_FOREGROUND_CONVENTION = "premultiplied on black (fg = full * alpha)"
 COMPOSITE_RULE = "over: out = fg + bg * (1 - alpha); foregrounds in order, first lowest"
+BACKGROUND = "background"  # the opaque layer the set's composites (preview, Blender comp) start from
 COMPOSITE_SPACE = "srgb_encoded"
 COMPOSITE_SPACE_NOTE = ("the model composites sRGB-encoded (display) values; to reproduce `full`, "
                         "composite sRGB-encoded colour, not linear light")

@@ -67,7 +67,8 @@ def write_multilayer_exr_sequence(
         has_alpha=bool(alpha), alpha_mode=PREMULTIPLIED if alpha else None, transfer=LINEAR,
         pattern=frame_pattern(prefix, "exr", frames, first_frame), first_frame=first_frame,
         details={"precision": precision, "compression": compression, "codec": "exr",
-                 "channels": {name: layer_channels(name) for name in rgb}},
+                 "channels": {name: layer_channels(name) for name in rgb},
+                 "alpha_layers": list(alpha)},  # the groups whose A is a matte; the others' A is 1
     )
     dtype = np.float16 if precision == "half" else np.float32
     header = {"compression": getattr(OpenEXR, f"{compression.upper()}_COMPRESSION"),

@@ -9,6 +9,8 @@
         webm/<layer>.webm                      VP9, with alpha for foregrounds
         preview/<layer>.mp4                    H.264 of the opaque layers and the recomposite
         blender_comp.py                        the ready comp: `blender -b --python blender_comp.py`
+                                               (when Blender can read a format of the set; layers.json
+                                               says which it reads, or why there is none)
 
 Every sequence folder holds a `sequence.json` and every movie a `<file>.json` sidecar, so a file
 copied out of the set still says its alpha mode, transfer and the model's composite convention.
@@ -27,10 +29,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .atomic import atomic_output, write_bytes_atomic
-from .blender_comp import COMP_NAME, blender_comp_script
-from .conventions import (ALPHA_POLARITY, COMPOSITE_RULE, DEFAULT_EPS, MODEL_FOREGROUND_CONVENTION,
-                          PREMULTIPLIED, STRAIGHT, check_alpha_mode, composite_convention,
-                          composite_over)
+from .blender_comp import COMP_NAME, blender_comp
+from .conventions import (ALPHA_POLARITY, BACKGROUND, COMPOSITE_RULE, DEFAULT_EPS,
+                          MODEL_FOREGROUND_CONVENTION, PREMULTIPLIED, STRAIGHT, check_alpha_mode,
+                          composite_convention, composite_over)
 from .exr import TRANSFERS, write_exr_sequence
 from .exr_multilayer import layer_channels, write_multilayer_exr_sequence
 from .manifest import MANIFEST_NAME, RECOMPOSITE, SCHEMA, SCHEMA_VERSION, LayerSet, validate_manifest
@@ -41,7 +43,6 @@ from .video import write_h264_preview, write_prores, write_webm
 
 FORMATS = ("png8", "png16", "exr_half", "exr_float", "exr_multilayer", "prores", "webm", "h264")
 DEFAULT_FORMATS = ("png16", "prores", "h264")
-BACKGROUND = "background"  # the opaque layer that the recomposite preview starts from
 ALL_LAYERS = "*"           # a job whose one output holds every layer (multi-layer EXR)
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -112,12 +113,11 @@ def write_layer_set(
                     outputs[name].append(_one_layer_of(entry, name, name in alpha))
             else:
                 outputs[layer].append(entry)
-        comp = (blender_comp_script(outputs, order, width, height, frames, rate)
-                if order[:1] == [BACKGROUND] else None)  # the comp stacks over an opaque layer
-        if comp is not None:
-            write_bytes_atomic(target.tmp / COMP_NAME, comp.encode())
+        comp = blender_comp(outputs, order, width, height, frames, rate)
+        if comp.script is not None:
+            write_bytes_atomic(target.tmp / COMP_NAME, comp.script.encode())
         manifest = _manifest(rgb, alpha, rate, order, outputs, previews, prompts, seed, metadata,
-                             COMP_NAME if comp is not None else None)
+                             comp.manifest_entry())
         problems = validate_manifest(manifest, target.tmp)
         if problems:  # a bug in this module, never the caller's fault
             raise RuntimeError("layer set failed its own validation: " + "; ".join(problems))
@@ -169,8 +169,10 @@ def _write_recomposite(rgb, alpha, order, rate, path, progress=None, sidecar=Fal
 
 
 def _one_layer_of(entry: dict, name: str, has_alpha: bool) -> dict:
-    """A multi-layer output as seen from one layer: its channel group and alpha mode."""
-    one = {k: v for k, v in entry.items() if k != "channels"}
+    """A multi-layer output as seen from one layer: its channel group, whether that group holds
+    the layer's alpha (an opaque layer's A is 1) and its alpha mode; not the whole file's."""
+    one = {k: v for k, v in entry.items() if k not in ("channels", "alpha_layers")}
+    one["has_alpha"] = has_alpha
     one["alpha_mode"] = PREMULTIPLIED if has_alpha else None
     one["channels"] = layer_channels(name)
     return one
@@ -199,7 +201,7 @@ def _manifest(rgb, alpha, rate, order, outputs, previews, prompts, seed, metadat
         },
         "composite": composite_convention(),
         "composite_order": order,
-        "comp": {"blender": comp},
+        "comp": comp,
         "layers": [{"name": n, "has_alpha": n in alpha, "outputs": outputs[n]} for n in rgb],
         "previews": previews,
         "metadata": metadata or {},

@@ -3,6 +3,18 @@
 A script or a compositor template reads this file instead of guessing from file names: which
 layers exist, which have alpha and in which convention each file stores it, the order in which
 foregrounds are composited, and where every file is (paths relative to the set folder).
+
+What the alpha fields mean, one truth each (schema 3; validate_manifest enforces it):
+- `layers[i].has_alpha`: the layer has an alpha matte (the foregrounds); opaque layers do not.
+- `layers[i].outputs[j].has_alpha`: this output holds THIS layer's matte: always the layer's own
+  value. A multi-layer EXR entry speaks for its layer's channel group (`channels`); an opaque
+  layer's group carries A = 1 there and says has_alpha false.
+- `alpha_mode`: how the colour relates to that matte ("straight" or "premultiplied"); null exactly
+  when has_alpha is false. `transfer`: what the colour values hold ("srgb" or "linear").
+- A sidecar (`sequence.json`, `<movie>.json`) describes its whole file: a multi-layer EXR's says
+  has_alpha true when any group holds a matte and lists those groups in `alpha_layers`.
+- `comp`: `blender` (the script's file name or null), `reads` (layer -> the output format the
+  script reads) and `why_none` (why a set has no script, else null).
 """
 
 from __future__ import annotations
@@ -16,7 +28,8 @@ from .conventions import ALPHA_MODES, TRANSFERS
 
 MANIFEST_NAME = "layers.json"
 SCHEMA = "layert2v.layer_set"
-SCHEMA_VERSION = 2  # 2: every output states its transfer; composite space; multi-layer EXR
+SCHEMA_VERSION = 3  # 2: outputs state their transfer; composite space; multi-layer EXR.
+#                     3: an output's has_alpha is its layer's; `comp` says what it reads or why none
 OUTPUT_FORMATS = ("png8", "png16", "exr_half", "exr_float", "exr_multilayer", "prores_4444",
                   "prores_422_hq", "webm_vp9", "h264")
 RECOMPOSITE = "recomposite"  # name of the preview of all layers composited again
@@ -126,6 +139,9 @@ def validate_manifest(manifest, root=None) -> list[str]:
     elif order and any(n not in with_alpha for n in order[1:]):
         problems.append(f"composite_order: every layer above the first needs alpha, got {order}")
 
+    if version >= 3:
+        problems += _check_comp(manifest.get("comp"), root)
+
     previews = manifest.get("previews", [])
     if not isinstance(previews, list):
         problems.append("previews must be a list")
@@ -145,6 +161,9 @@ def _check_output(out, where: str, manifest: dict, has_alpha, root) -> list[str]
     if not isinstance(path, str) or not path or _escapes(path):
         return problems + [f"{where}: path must be a relative path inside the set, got {path!r}"]
     where = f"{where} ({path})"
+    if manifest["schema_version"] >= 3 and out.get("has_alpha") is not bool(has_alpha):
+        problems.append(f"{where}: has_alpha must be the layer's own ({bool(has_alpha)}), "
+                        f"got {out.get('has_alpha')!r}")
     if has_alpha and out.get("alpha_mode") not in ALPHA_MODES:
         problems.append(f"{where}: alpha_mode must be one of {ALPHA_MODES}, "
                         f"got {out.get('alpha_mode')!r}")
@@ -174,6 +193,23 @@ def _check_output(out, where: str, manifest: dict, has_alpha, root) -> list[str]
         elif not base.is_file():
             problems.append(f"{where}: file is missing")
     return problems
+
+
+def _check_comp(comp, root) -> list[str]:
+    if not isinstance(comp, dict):
+        return [f"comp must be an object, got {comp!r}"]
+    script = comp.get("blender")
+    if script is None:
+        if not isinstance(comp.get("why_none"), str) or not comp["why_none"]:
+            return ["comp: a set without a Blender comp must say why in comp.why_none"]
+        return []
+    if not isinstance(script, str) or not script or _escapes(script) or "/" in script:
+        return [f"comp.blender must be a file name in the set folder or null, got {script!r}"]
+    if not isinstance(comp.get("reads"), dict) or not comp["reads"]:
+        return ["comp.reads must map each composited layer to the format the script reads"]
+    if root is not None and not (Path(root) / script).is_file():
+        return [f"comp.blender ({script}): file is missing"]
+    return []
 
 
 def _check_fps(fps, key: str) -> list[str]:

@@ -28,14 +28,19 @@ class SyntheticClip:
 
 
 def soft_rgba_clip(frames: int = 9, height: int = 48, width: int = 64, seed: int = 0,
-                   grain: float = 0.01) -> SyntheticClip:
+                   grain: float = 0.01, tones: tuple = (0.15, 0.85)) -> SyntheticClip:
+    """`tones`: the (darkest, brightest) value the colour fields sweep; (0, 1) reaches black and
+    white (then grain clipped at both ends), for readers whose error depends on the tone."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     y, x = y / height, x / width
     t = np.linspace(0.0, 1.0, frames, dtype=np.float32)[:, None, None]
 
+    low, high = tones
+
     def field(phase):  # under one cycle across the frame: gradients like real footage
-        return 0.5 + 0.35 * np.sin(2 * np.pi * (0.6 * x + (0.3 + phase) * y + 0.5 * t + phase))
+        wave = np.sin(2 * np.pi * (0.6 * x + (0.3 + phase) * y + 0.5 * t + phase))
+        return low + (high - low) * (0.5 + 0.5 * wave)
 
     straight = np.stack([field(0.0), field(0.33), field(0.66)], axis=-1)
     background = np.stack([0.8 * field(0.2),

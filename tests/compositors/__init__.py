@@ -7,6 +7,7 @@ alpha is soft), so `pytest -s` prints the figures the README quotes.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -41,6 +42,46 @@ def run(cmd, cwd=None, timeout=120) -> str:
         raise AssertionError(f"{cmd!r} failed ({res.returncode}):\n{res.stderr[-3000:]}"
                              f"\n{res.stdout[-3000:]}")
     return res.stdout
+
+
+# What Blender 3.4 prints when its --python script did not run (it still exits 0 by default).
+BLENDER_FAILED = ("could not be opened", "Traceback (most recent call last)", "Error: Python",
+                  "Error: script failed")
+
+
+def run_blender(cmd, cwd, timeout=180) -> str:
+    """Run Blender and fail unless its script really ran.
+
+    Blender resolves a relative `--python` path against $PWD, not the process's working folder,
+    and exits 0 when it cannot open the script or the script raises. So PWD is set to `cwd`, an
+    argument list must name its script by absolute path (and gets `--python-exit-code 1`), and the
+    output is checked for Blender's own error lines. A string is a README recipe, run verbatim.
+    """
+    cwd = Path(cwd).resolve()
+    if not isinstance(cmd, str):
+        script = cmd[cmd.index("--python") + 1]
+        assert Path(script).is_absolute(), f"pass Blender an absolute script path, got {script}"
+        cmd = [cmd[0], "--python-exit-code", "1", *cmd[1:]]
+    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                         shell=isinstance(cmd, str), env={**os.environ, "PWD": str(cwd)})
+    said = res.stdout + res.stderr
+    failed = [m for m in BLENDER_FAILED if m in said]
+    if res.returncode != 0 or failed:
+        raise AssertionError(f"{cmd!r}: Blender's script did not run ({res.returncode}, {failed}):"
+                             f"\n{said[-3000:]}")
+    return res.stdout
+
+
+def blender_lut(name: str) -> tuple:
+    """One of Blender's own 1D LUT files (`srgb_inv.spi1d`): (input samples, output samples)."""
+    found = sorted(Path("/usr/share/blender").glob(f"**/colormanagement/luts/{name}"))
+    if not found:
+        pytest.skip(f"Blender's {name} not found under /usr/share/blender")
+    lines = found[0].read_text().split("\n")
+    low, high = (float(v) for v in lines[1].split()[1:3])
+    count = int(lines[2].split()[1])
+    values = np.array([float(v) for v in lines[5:5 + count]])
+    return np.linspace(low, high, count), values
 
 
 def read_png(path) -> np.ndarray:
