@@ -153,7 +153,7 @@ def generate(args) -> Path:
         from .attention_backend import set_attention_backend
 
         set_attention_backend(dit, args.attention, device=args.device)
-    layer_vae = load_layer_vae(weights["vae"], weights["adapter"], device=args.device)
+    layer_vae = load_layer_vae(weights["vae"], weights["adapter"], device=args.device, dit=dit)
     text = load_text_encoder(weights["text_encoder"], text_len=dit.config.text_len, dtype=args.dtype, device=args.device)
     pipe = LayerT2VPipeline(dit, layer_vae.vae, layer_vae.mask_vae, text, device=args.device)
 

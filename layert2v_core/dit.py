@@ -149,6 +149,11 @@ class LayeredWanTransformer(nn.Module):
             raise LayoutError(
                 f"latent has {latent.shape[2]} latent frames; layout needs {segments * layout.latent_frames}"
             )
+        if tuple(latent.shape[3:]) != (layout.latent_height, layout.latent_width):
+            raise LayoutError(  # e.g. encoded by a VAE of another stride than the layout's
+                f"latent is {latent.shape[4]}x{latent.shape[3]} latent pixels; the layout ({layout.width}x"
+                f"{layout.height} at VAE stride {layout.space_stride}) needs {layout.latent_width}x{layout.latent_height}"
+            )
         if context.ndim != 4 or context.shape[1] != len(layout.prompt_names):
             raise LayoutError(
                 f"context must be (B, {len(layout.prompt_names)} prompt slots, text_len, dim); got {tuple(context.shape)}"

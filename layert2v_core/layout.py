@@ -4,8 +4,11 @@ A LayerT2V generation is one latent video serialized along time:
 
     [full | background | foreground_1 | mask_1 | foreground_2 | mask_2 | ...]
 
-each segment holding T' = (F - 1) / 4 + 1 latent frames of one layer. Every other module asks this
-file where a segment starts, which LayerAdaLN row it uses and which prompts it may attend to.
+each segment holding T' = (F - 1) / time_stride + 1 latent frames of one layer, each frame
+(H / space_stride) x (W / space_stride) latent pixels, patchified by the DiT's patch. Every other
+module asks this file where a segment starts, which LayerAdaLN row it uses, which prompts it may
+attend to and how big its latent is. The strides are the VAE's and the patch the DiT's: a layout for
+loaded models gets them from those models (model_geometry.py); the defaults are Wan2.1's.
 """
 
 from __future__ import annotations
@@ -22,8 +25,13 @@ MASK = "mask"
 KINDS = (FULL, BACKGROUND, FOREGROUND, MASK)
 
 # Wan2.1: the VAE compresses time by 4 (first frame kept) and space by 8; the DiT patchifies 1x2x2.
-VAE_TIME_STRIDE = 4
-VAE_SPACE_STRIDE = 8
+# Defaults only, where no model is at hand: other VAEs say theirs in their config (model_geometry.py).
+WAN21_TIME_STRIDE = 4
+WAN21_SPACE_STRIDE = 8
+WAN21_PATCH_SIZE = (1, 2, 2)
+# The Wan VAE encodes frame 0 alone, then chunks of 4 frames through its causal cache, whatever its
+# time stride (diffusers' AutoencoderKLWan): a clip is 4k+1 frames, and the time stride divides 4.
+FRAME_CHUNK = 4
 LATENT_CHANNELS = 16
 
 ROUTING_PRESETS = ("paper", "official", "all")
@@ -53,28 +61,39 @@ def prompt_names(num_foregrounds: int) -> list[str]:
     return [FULL, BACKGROUND] + [f"{FOREGROUND}_{k}" for k in range(1, num_foregrounds + 1)]
 
 
-def latent_frames(num_frames: int) -> int:
-    return (num_frames - 1) // VAE_TIME_STRIDE + 1
+def latent_frames(num_frames: int, time_stride: int = WAN21_TIME_STRIDE) -> int:
+    """Latent frames of a 4k+1-frame clip: frame 0 alone, then one per `time_stride` frames."""
+    return (num_frames - 1) // time_stride + 1
+
+
+def pixel_frames(num_latent_frames: int, time_stride: int = WAN21_TIME_STRIDE) -> int:
+    """Frames a VAE with this time stride decodes from `num_latent_frames` (the inverse of latent_frames)."""
+    return 1 + time_stride * (num_latent_frames - 1) if num_latent_frames > 0 else 0
 
 
 def validate_frames(num_frames: int) -> None:
-    if isinstance(num_frames, int) and num_frames >= 1 and (num_frames - 1) % VAE_TIME_STRIDE == 0:
+    if isinstance(num_frames, int) and num_frames >= 1 and (num_frames - 1) % FRAME_CHUNK == 0:
         return
     lower = 1
     if isinstance(num_frames, int) and num_frames > 1:
-        lower = (num_frames - 1) // VAE_TIME_STRIDE * VAE_TIME_STRIDE + 1
+        lower = (num_frames - 1) // FRAME_CHUNK * FRAME_CHUNK + 1
     raise LayoutError(
         f"frames={num_frames!r} is not valid: the Wan VAE needs 4k+1 frames (1, 5, 9, 13, 17, ...); "
-        f"nearest valid values are {lower} and {lower + VAE_TIME_STRIDE}"
+        f"nearest valid values are {lower} and {lower + FRAME_CHUNK}"
     )
 
 
-def validate_size(name: str, value: int, multiple: int = 16) -> None:
+def validate_size(name: str, value: int, space_stride: int = WAN21_SPACE_STRIDE, patch: int = 2) -> None:
+    multiple = space_stride * patch
     if not isinstance(value, int) or value < multiple or value % multiple:
         raise LayoutError(
             f"{name}={value!r} is not valid: it must be a positive multiple of {multiple} "
-            f"(the VAE downsamples by 8 and the DiT patch is 2)"
+            f"(the VAE downsamples by {space_stride} and the DiT patch is {patch})"
         )
+
+
+def _positive_int(value) -> bool:
+    return type(value) is int and value >= 1
 
 
 @dataclass(frozen=True)
@@ -84,17 +103,30 @@ class LayerLayout:
     height: int
     width: int
     routing: str = "paper"
-    patch_size: tuple[int, int, int] = (1, 2, 2)
+    patch_size: tuple[int, int, int] = WAN21_PATCH_SIZE   # the DiT's
+    time_stride: int = WAN21_TIME_STRIDE                  # the VAE's
+    space_stride: int = WAN21_SPACE_STRIDE                # the VAE's
 
     def __post_init__(self):
         if not isinstance(self.num_foregrounds, int) or self.num_foregrounds < 1:
             raise LayoutError(f"num_foregrounds={self.num_foregrounds!r} is not valid: it must be 1 or more")
+        self._check_model_geometry()
         validate_frames(self.num_frames)
-        multiple = VAE_SPACE_STRIDE * max(self.patch_size[1:])
-        validate_size("height", self.height, multiple)
-        validate_size("width", self.width, multiple)
+        validate_size("height", self.height, self.space_stride, self.patch_size[1])
+        validate_size("width", self.width, self.space_stride, self.patch_size[2])
         if self.routing not in ROUTING_PRESETS:
             raise LayoutError(f"routing={self.routing!r} is not valid: choose one of {', '.join(ROUTING_PRESETS)}")
+
+    def _check_model_geometry(self) -> None:
+        patch = tuple(self.patch_size) if isinstance(self.patch_size, (list, tuple)) else None
+        if patch is None or len(patch) != 3 or not all(map(_positive_int, patch)):
+            raise LayoutError(f"patch_size={self.patch_size!r} is not valid: it must be 3 positive integers")
+        object.__setattr__(self, "patch_size", patch)
+        if not _positive_int(self.space_stride):
+            raise LayoutError(f"space_stride={self.space_stride!r} is not valid: it must be a positive integer")
+        if not _positive_int(self.time_stride) or FRAME_CHUNK % self.time_stride:
+            raise LayoutError(f"time_stride={self.time_stride!r} is not valid: the Wan VAE encodes {FRAME_CHUNK}-frame "
+                              "chunks, so its time stride is 1, 2 or 4")
 
     # ---- segments -------------------------------------------------------------------------
     @cached_property
@@ -125,15 +157,15 @@ class LayerLayout:
     # ---- latent geometry ------------------------------------------------------------------
     @property
     def latent_frames(self) -> int:
-        return latent_frames(self.num_frames)
+        return latent_frames(self.num_frames, self.time_stride)
 
     @property
     def latent_height(self) -> int:
-        return self.height // VAE_SPACE_STRIDE
+        return self.height // self.space_stride
 
     @property
     def latent_width(self) -> int:
-        return self.width // VAE_SPACE_STRIDE
+        return self.width // self.space_stride
 
     def latent_shape(self, batch: int = 1, channels: int = LATENT_CHANNELS) -> tuple[int, ...]:
         return (batch, channels, self.num_segments * self.latent_frames, self.latent_height, self.latent_width)
@@ -230,6 +262,8 @@ class LayerLayout:
             "width": self.width,
             "routing": self.routing,
             "patch_size": list(self.patch_size),
+            "time_stride": self.time_stride,
+            "space_stride": self.space_stride,
         }
 
     @classmethod
@@ -240,5 +274,7 @@ class LayerLayout:
             height=int(d["height"]),
             width=int(d["width"]),
             routing=d.get("routing", "paper"),
-            patch_size=tuple(d.get("patch_size", (1, 2, 2))),
+            patch_size=tuple(d.get("patch_size", WAN21_PATCH_SIZE)),
+            time_stride=d.get("time_stride", WAN21_TIME_STRIDE),
+            space_stride=d.get("space_stride", WAN21_SPACE_STRIDE),
         )

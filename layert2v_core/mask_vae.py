@@ -21,6 +21,7 @@ from diffusers import AutoencoderKLWan
 from .config import LayerT2VConfig
 from .layout import LayoutError, validate_frames
 from .lora_conv import add_causal_conv_lora, causal_conv_lora_layers
+from .model_geometry import vae_strides
 from .vae_io import denormalize_latent, latent_stats, normalize_latent  # noqa: F401 (re-exported)
 
 HEAD_PREFIX = "head."
@@ -52,11 +53,11 @@ class MaskVAE(nn.Module):
 
     # ---- encode / decode -------------------------------------------------------------------
     def encode_alpha(self, alpha: torch.Tensor) -> torch.Tensor:
-        """(B,1,F,H,W) alpha in [0,1], F = 4k+1 -> normalised latent (B,16,(F-1)/4+1,H/8,W/8), float32.
+        """(B,1,F,H,W) alpha in [0,1], F = 4k+1 -> normalised latent (B,16,T',H/s,W/s) at the VAE's strides, float32.
 
         The frozen encoder runs without autograd; gradients reach the head only.
         """
-        _check_alpha(alpha)
+        _check_alpha(alpha, vae_strides(self.vae)["space_stride"])
         vae_dtype = next(self.vae.encoder.parameters()).dtype
         rgb = (alpha.float() * 2 - 1).expand(-1, 3, -1, -1, -1).to(vae_dtype)
         with torch.no_grad():
@@ -65,7 +66,7 @@ class MaskVAE(nn.Module):
         return normalize_latent(z, self.vae)
 
     def decode_alpha(self, latent: torch.Tensor) -> torch.Tensor:
-        """Normalised latent (B,16,T',h,w) -> alpha (B,1,4(T'-1)+1,8h,8w) in [0,1], float32."""
+        """Normalised latent (B,16,T',h,w) -> alpha (B,1,F,sh,sw) in [0,1] at the VAE's strides, float32."""
         if latent.ndim != 5 or latent.shape[1] != self.z_dim:
             raise ValueError(
                 f"mask latent has shape {tuple(latent.shape)}; expected (batch, {self.z_dim}, frames, height, width)"
@@ -123,7 +124,7 @@ def _device_of(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
-def _check_alpha(alpha: torch.Tensor) -> None:
+def _check_alpha(alpha: torch.Tensor, space_stride: int) -> None:
     if not torch.is_tensor(alpha) or alpha.ndim != 5 or alpha.shape[1] != 1:
         shape = tuple(alpha.shape) if torch.is_tensor(alpha) else type(alpha).__name__
         raise ValueError(f"alpha has shape {shape}; expected (batch, 1, frames, height, width) with values in [0, 1]")
@@ -132,8 +133,8 @@ def _check_alpha(alpha: torch.Tensor) -> None:
     except LayoutError as err:
         raise ValueError(f"alpha {err}") from None
     for name, size in (("height", alpha.shape[3]), ("width", alpha.shape[4])):
-        if size % 8:
-            raise ValueError(f"alpha {name}={size} is not valid: the Wan VAE needs a multiple of 8")
+        if size % space_stride:
+            raise ValueError(f"alpha {name}={size} is not valid: this VAE needs a multiple of {space_stride}")
     lo, hi = float(alpha.detach().min()), float(alpha.detach().max())
     if lo < -1e-3 or hi > 1 + 1e-3:
         raise ValueError(

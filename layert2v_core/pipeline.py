@@ -24,6 +24,7 @@ import torch
 
 from .dit import LayeredWanTransformer
 from .layout import BACKGROUND, FOREGROUND, FULL, MASK, LayerLayout
+from .model_geometry import check_latent_vae, layout_geometry
 from .memory import MemoryEstimate, check_memory, estimate_sampling_memory
 from .sampler import Guidance, SamplerConfig, SamplingStats, StepState, sample
 from .text import encode_layer_prompts, fit_text_len
@@ -123,8 +124,9 @@ class LayerT2VPipeline:
         return self.dit.config.max_foregrounds
 
     def layout(self, num_foregrounds: int, num_frames: int, height: int, width: int) -> LayerLayout:
+        """The layout of one generation, with this pipeline's VAE strides and DiT patch (model_geometry.py)."""
         layout = LayerLayout(num_foregrounds, num_frames, height, width, routing=self.dit.config.routing,
-                             patch_size=tuple(self.dit.base.config.patch_size))
+                             **layout_geometry(self.dit, self.vae))
         self.dit.check_layout(layout)
         return layout
 
@@ -202,6 +204,7 @@ class LayerT2VPipeline:
 
     # ---- decoding ----------------------------------------------------------------------------
     def decode(self, latent: torch.Tensor, layout: LayerLayout) -> LayerFrames:
+        check_latent_vae(layout, self.vae)
         parts = layout.split(latent)
         rgb, alpha = {}, {}
         for seg in layout.segments:

@@ -39,6 +39,11 @@ TINY_VAE_CONFIG = {
     "temperal_downsample": [False, True, True],
 }
 
+# The demo model's VAE layout (4x space, 4x time: training/configs/demo_stage0_vae.yaml) at tiny width. diffusers
+# sizes latents by scale_factor_spatial, not by dim_mult: it must say 4.
+TINY_VAE_4X_CONFIG = {**TINY_VAE_CONFIG, "dim_mult": [1, 2, 2], "temperal_downsample": [True, True],
+                      "scale_factor_spatial": 4}
+
 # The real Wan2.1 VAE layout (2 res blocks, dims x[1,2,4,4]) at 1/12 of its width. diffusers' single-file
 # converter hard-codes that layout, so this is the smallest VAE a ComfyUI-format file can hold.
 NARROW_WAN21_VAE_CONFIG = {"base_dim": 8}
@@ -62,9 +67,10 @@ def build_tiny_transformer(seed: int = 0, **overrides) -> WanTransformer3DModel:
         return WanTransformer3DModel(**{**TINY_TRANSFORMER_CONFIG, **overrides}).eval()
 
 
-def build_tiny_vae(seed: int = 0, narrow_wan21: bool = False) -> AutoencoderKLWan:
-    """narrow_wan21=True gives the real block layout (loadable from a ComfyUI-format file), slower."""
-    config = NARROW_WAN21_VAE_CONFIG if narrow_wan21 else TINY_VAE_CONFIG
+def build_tiny_vae(seed: int = 0, narrow_wan21: bool = False, config: dict | None = None) -> AutoencoderKLWan:
+    """narrow_wan21=True gives the real block layout (loadable from a ComfyUI-format file), slower;
+    `config` another AutoencoderKLWan config (e.g. TINY_VAE_4X_CONFIG)."""
+    config = config or (NARROW_WAN21_VAE_CONFIG if narrow_wan21 else TINY_VAE_CONFIG)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return AutoencoderKLWan(**config).eval()
@@ -122,21 +128,26 @@ def save_tiny_text_encoder(folder: str | Path, seed: int = 0) -> Path:
 TINY_TEXT_LEN = 16
 
 
-def write_tiny_model_files(folder: str | Path, max_foregrounds: int = 2, routing: str = "paper", seed: int = 0) -> dict:
+def write_tiny_model_files(folder: str | Path, max_foregrounds: int = 2, routing: str = "paper", seed: int = 0,
+                           vae_config: dict | None = None, stem: str = "tiny") -> dict:
     """Every file a generation needs, with random tiny weights, laid out as a user would have them:
-    DiT and VAE single files (config in the header), a LayerT2V adapter folder, a text-encoder folder.
-    LayerAdaLN and LoRA get small random values so the layers differ as in a trained model."""
+    DiT and VAE single files (config in the header), a LayerT2V adapter folder (recording the VAE's
+    strides, as training does), a text-encoder folder. LayerAdaLN and LoRA get small random values so
+    the layers differ as in a trained model. vae_config: another tiny VAE (e.g. TINY_VAE_4X_CONFIG);
+    stem: the files' name prefix."""
     from .weights.layert2v_adapter import save_layert2v_adapter
     from .config import LayerT2VConfig
     from .dit import LayeredWanTransformer
     from .mask_vae import MaskVAE
+    from .model_geometry import trained_vae_record
     from .weights.wan_single_file import save_with_config
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    base, vae = build_tiny_transformer(seed), build_tiny_vae(seed, config=vae_config)
     config = LayerT2VConfig(max_foregrounds=max_foregrounds, routing=routing, text_len=TINY_TEXT_LEN,
-                            dit_lora_rank=4, dit_lora_alpha=4.0, mask_vae_lora_rank=2, mask_vae_lora_alpha=2.0)
-    base, vae = build_tiny_transformer(seed), build_tiny_vae(seed)
+                            dit_lora_rank=4, dit_lora_alpha=4.0, mask_vae_lora_rank=2, mask_vae_lora_alpha=2.0,
+                            extra=trained_vae_record(vae))
     dit = LayeredWanTransformer(base, config)
     dit.add_lora()
     mask_vae = MaskVAE.from_config(vae, config)
@@ -146,10 +157,10 @@ def write_tiny_model_files(folder: str | Path, max_foregrounds: int = 2, routing
         for p in dit.trainable_parameters()[1:] + mask_vae.trainable_parameters():
             p.normal_(std=0.02)
     paths = {
-        "dit": folder / "tiny_wan_dit.safetensors",
-        "vae": folder / "tiny_wan_vae.safetensors",
-        "adapter": folder / "tiny_layert2v",
-        "text_encoder": folder / "tiny_umt5",
+        "dit": folder / f"{stem}_wan_dit.safetensors",
+        "vae": folder / f"{stem}_wan_vae.safetensors",
+        "adapter": folder / f"{stem}_layert2v",
+        "text_encoder": folder / f"{stem}_umt5",
     }
     save_with_config(_without_lora(base), paths["dit"])
     save_with_config(vae, paths["vae"])

@@ -21,6 +21,9 @@ from typing import Iterator, Optional, Union
 import torch
 from diffusers import AutoencoderKLWan
 
+from .layout import pixel_frames
+from .model_geometry import vae_strides
+
 AUTO_TILE_PIXELS = 480 * 832
 
 
@@ -106,7 +109,8 @@ def vae_output_to_frames(video: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_frames(vae: AutoencoderKLWan, frames: torch.Tensor) -> torch.Tensor:
-    """RGB frames (F, H, W, 3) in [0, 1] -> normalized latent (1, 16, T', H/8, W/8), deterministic (mode)."""
+    """RGB frames (F, H, W, 3) in [0, 1] -> normalized latent (1, z_dim, T', H/s, W/s) at the VAE's own strides,
+    deterministic (mode)."""
     x = frames_to_vae_input(frames).to(device=vae.device, dtype=vae.dtype)
     z = vae.encode(x).latent_dist.mode()
     return normalize_latent(z.float(), vae)
@@ -150,12 +154,13 @@ def decode_latent(vae: AutoencoderKLWan, z: torch.Tensor, tiling: TilingArg = No
     Chunked in time (one latent frame per decoder call, the causal cache carried over) into a
     preallocated output; `tiling` adds diffusers' spatial tiles (see module docstring)."""
     raw = denormalize_latent(z.float(), vae).to(device=vae.device, dtype=vae.dtype)
-    height, width = raw.shape[3] * vae.spatial_compression_ratio, raw.shape[4] * vae.spatial_compression_ratio
+    strides = vae_strides(vae)
+    height, width = raw.shape[3] * strides["space_stride"], raw.shape[4] * strides["space_stride"]
     tiles = resolve_tiling(tiling, height, width)
     if tiles is not None or not _streamable(vae) or raw.shape[0] != 1:
         with vae_tiling(vae, tiles):
             return vae_output_to_frames(vae.decode(raw).sample).to(out_device or raw.device)
-    frames = 1 + 4 * (raw.shape[2] - 1) if raw.shape[2] > 0 else 0
+    frames = pixel_frames(raw.shape[2], strides["time_stride"])
     out = torch.empty(frames, height, width, 3, dtype=torch.float32, device=out_device or raw.device)
     written = 0
     for chunk in decoder_chunks(vae, raw):
@@ -169,6 +174,7 @@ def decode_latent(vae: AutoencoderKLWan, z: torch.Tensor, tiling: TilingArg = No
 @torch.no_grad()
 def decode_alpha(mask_vae, z: torch.Tensor, tiling: TilingArg = None) -> torch.Tensor:
     """MaskVAE.decode_alpha with the same spatial tiling option (the decode itself stays MaskVAE's)."""
-    height, width = z.shape[3] * 8, z.shape[4] * 8
+    stride = vae_strides(mask_vae.decoder_vae)["space_stride"]
+    height, width = z.shape[3] * stride, z.shape[4] * stride
     with vae_tiling(mask_vae.decoder_vae, resolve_tiling(tiling, height, width)):
         return mask_vae.decode_alpha(z)

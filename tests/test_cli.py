@@ -105,3 +105,69 @@ def test_cli_background_for_foreground_and_foreground_for_background(tmp_path, f
                   "--fg-prompt", "a red circle", "--steps", "2", flag, str(clip), "--formats", "png8",
                   "--out", str(tmp_path / "o"))
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+# ---- issue 24: the VAE's strides come from the VAE, the patch from the DiT ----------------------------
+def weight_args(paths, **swap) -> list[str]:
+    chosen = {**paths, **swap}
+    return [arg for key in ("dit", "vae", "adapter", "text_encoder")
+            for arg in (f"--{key.replace('_', '-')}", str(chosen[key]))]
+
+
+@pytest.fixture(scope="module")
+def model_4x(tmp_path_factory):
+    """A tiny model whose VAE downsamples space by 4 (dim_mult [1, 2, 2], scale_factor_spatial 4), as the demo's."""
+    from layert2v_core.tiny import TINY_VAE_4X_CONFIG
+
+    return write_tiny_model_files(tmp_path_factory.mktemp("models_4x"), max_foregrounds=1,
+                                  vae_config=TINY_VAE_4X_CONFIG, stem="tiny4x")
+
+
+def test_cli_4x_vae_model_writes_the_requested_size(tmp_path, model_4x):
+    from PIL import Image
+
+    res = run_cli("generate", "--prompt", "a dog on a beach", "--bg-prompt", "beach", "--fg-prompt", "a dog",
+                  "--frames", "5", "--width", "64", "--height", "64", "--steps", "2", "--formats", "png8",
+                  *weight_args(model_4x), "--out", str(tmp_path / "out"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    folder = Path(res.stdout.strip().split("wrote ", 1)[1])
+    manifest = json.loads((folder / "layers.json").read_text())
+    assert (manifest["width"], manifest["height"], manifest["frame_count"]) == (64, 64, 5)
+    for layer in ("full", "background", "foreground_1"):
+        frames = sorted((folder / "png8" / layer).glob("*.png"))
+        assert len(frames) == 5, layer
+        for frame in frames:
+            with Image.open(frame) as image:
+                assert image.size == (64, 64), (frame.name, image.size)
+
+
+def test_cli_size_refusal_names_the_models_strides(tmp_path, model_4x):
+    res = run_cli("generate", "--prompt", "a", "--bg-prompt", "b", "--fg-prompt", "c", "--frames", "5",
+                  "--width", "36", "--height", "64", *weight_args(model_4x), "--out", str(tmp_path / "out"))
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "width=36 is not valid: it must be a positive multiple of 8 (the VAE downsamples by 4 and the DiT patch is 2)" \
+        in res.stderr
+
+
+def test_cli_refuses_a_vae_the_model_was_not_trained_with(tmp_path, model_4x):
+    from layert2v_core.tiny import TINY_VAE_CONFIG
+
+    plain = write_tiny_model_files(tmp_path / "plain", max_foregrounds=1)  # its VAE downsamples space by 8
+    res = run_cli("generate", "--prompt", "a", "--bg-prompt", "b", "--fg-prompt", "c", "--frames", "5",
+                  "--width", "64", "--height", "64", *weight_args(model_4x, vae=plain["vae"]), "--out", str(tmp_path / "o"))
+    assert res.returncode == 2
+    error = res.stderr.strip().splitlines()[-1]
+    assert error == (f"error: the adapter '{model_4x['adapter']}' was trained with a VAE that downsamples space by 4 "
+                     f"and time by 4, but the VAE '{plain['vae']}' downsamples space by 8 and time by 4: load the VAE "
+                     "the adapter was trained with"), res.stderr[-2000:]
+    assert "Traceback" not in res.stderr and not (tmp_path / "o").exists()
+
+    narrow = write_tiny_model_files(tmp_path / "z8", max_foregrounds=1, stem="z8",
+                                    vae_config={**TINY_VAE_CONFIG, "z_dim": 8, "latents_mean": [0.0] * 8,
+                                                "latents_std": [1.0] * 8})
+    res = run_cli("generate", "--prompt", "a", "--bg-prompt", "b", "--fg-prompt", "c", "--frames", "5",
+                  *weight_args(plain, vae=narrow["vae"]), "--out", str(tmp_path / "o"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1] == (
+        f"error: the VAE '{narrow['vae']}' makes 8-channel latents but the DiT '{plain['dit']}' takes 16-channel ones: "
+        "load the VAE this DiT was trained with")

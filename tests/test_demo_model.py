@@ -179,6 +179,7 @@ def test_caption_contrastive_term_is_the_softplus_of_the_swapped_captions_relati
 def test_trainable_text_encoder_gives_the_contexts_sampling_sees():
     import torch
 
+    from layert2v_core.layout import LayerLayout
     from training.stage0_base import CaptionEmbedder, FlowObjective, build_demo_text_encoder, latent_coverage
 
     encoder = build_demo_text_encoder({"d_model": 32, "seed": 0}, 16, "cpu")
@@ -191,6 +192,6 @@ def test_trainable_text_encoder_gives_the_contexts_sampling_sees():
     assert torch.allclose(context, torch.stack([encoder.encode(c).float() for c in captions]), atol=1e-5)
     alpha = torch.zeros(1, 9, 64, 64)
     alpha[:, 1:5, :, :32] = 1.0                     # frames 1-4 = latent frame 1, left half
-    coverage = latent_coverage(alpha, 8)
+    coverage = latent_coverage(alpha, LayerLayout(1, 9, 64, 64, patch_size=(1, 1, 1), space_stride=8))
     assert coverage.shape == (3, 8, 8)
     assert coverage[1, :, :4].eq(1).all() and coverage[1, :, 4:].eq(0).all() and coverage[[0, 2]].eq(0).all()

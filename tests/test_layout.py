@@ -56,3 +56,20 @@ def test_bad_layouts_name_the_parameter(args, match):
 def test_dict_round_trip():
     layout = LayerLayout(3, 13, 48, 80, routing="official")
     assert LayerLayout.from_dict(layout.to_dict()) == layout
+
+
+def test_strides_and_patch_are_the_models_fields():
+    """A 4x VAE with a 1x4x4 patch (issue 24): latent 16x16 for 64x64, 4x4 tokens per latent frame."""
+    layout = LayerLayout(1, 17, 64, 64, patch_size=(1, 4, 4), time_stride=4, space_stride=4)
+    assert layout.latent_shape() == (1, 16, 4 * 5, 16, 16)
+    assert layout.tokens_per_segment == 5 * 4 * 4
+    assert LayerLayout(1, 9, 64, 64, time_stride=2, space_stride=4).latent_shape() == (1, 16, 4 * 5, 16, 16)
+    with pytest.raises(LayoutError, match=r"width=40 .* multiple of 16 \(the VAE downsamples by 4 and the DiT patch is 4\)"):
+        LayerLayout(1, 9, 32, 40, patch_size=(1, 4, 4), space_stride=4)
+    with pytest.raises(LayoutError, match="time_stride=3"):
+        LayerLayout(1, 9, 32, 32, time_stride=3)
+    with pytest.raises(LayoutError, match="space_stride=0"):
+        LayerLayout(1, 9, 32, 32, space_stride=0)
+    assert LayerLayout.from_dict(layout.to_dict()) == layout
+    old = {k: v for k, v in layout.to_dict().items() if k not in ("time_stride", "space_stride")}
+    assert LayerLayout.from_dict({**old, "patch_size": [1, 2, 2]}).latent_height == 8  # older latents: Wan2.1's 8

@@ -10,13 +10,14 @@ from __future__ import annotations
 import torch
 
 from layert2v_core.config import LayerT2VConfig
-from layert2v_core.layout import BACKGROUND, FULL, LayerLayout
+from layert2v_core.layout import BACKGROUND, FULL, WAN21_PATCH_SIZE, LayerLayout
+from layert2v_core.model_geometry import vae_strides
 from layert2v_core.text import encode_layer_prompts
 from layert2v_core.vae_io import encode_frames
 
 
 class LayerEncoder:
-    def __init__(self, vae, mask_vae, text_encoder, config: LayerT2VConfig, patch_size=(1, 2, 2)):
+    def __init__(self, vae, mask_vae, text_encoder, config: LayerT2VConfig, patch_size=WAN21_PATCH_SIZE):
         self.vae = vae
         self.mask_vae = mask_vae
         self.text_encoder = text_encoder
@@ -25,12 +26,13 @@ class LayerEncoder:
         self._uncond = None
 
     def layout(self, num_foregrounds: int, num_frames: int, height: int, width: int) -> LayerLayout:
+        """A clip's layout at the frozen VAE's strides and the DiT's patch."""
         return LayerLayout(num_foregrounds, num_frames, height, width, routing=self.config.routing,
-                           patch_size=self.patch_size)
+                           patch_size=self.patch_size, **vae_strides(self.vae))
 
     @torch.no_grad()
     def latent(self, item: dict, layout: LayerLayout) -> torch.Tensor:
-        """One sample (unbatched dataset item) -> (16, L*T', h, w) in layout order."""
+        """One sample (unbatched dataset item) -> (16, L*T', h, w) in layout order (h = H / the VAE's stride)."""
         device = self.vae.device
         parts = {FULL: encode_frames(self.vae, item["full"].to(device)),
                  BACKGROUND: encode_frames(self.vae, item["background"].to(device))}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from layert2v_core.layout import BACKGROUND, FOREGROUND, FULL, MASK, LayerLayout
+from layert2v_core.layout import BACKGROUND, FOREGROUND, FULL, MASK, LayerLayout, pixel_frames
 
 
 # ---- image-space terms on alpha videos (B, 1, F, H, W) --------------------------------------------
@@ -87,10 +87,12 @@ def perceptual(features: WanEncoderFeatures, pred: torch.Tensor, target: torch.T
 # ---- latent-space terms over the serialized latent ---------------------------------------------
 def alpha_to_latent_grid(alpha: torch.Tensor, layout: LayerLayout) -> torch.Tensor:
     """GT alpha (B, K, F, H, W) -> A~ (B, K, T', h, w): the Wan VAE's causal grouping in time (frame 0
-    alone, then groups of 4) and 8x8 average pooling in space."""
+    alone, then groups of the layout's time stride) and average pooling over each latent pixel's
+    space_stride x space_stride block."""
     b, k, f, h, w = alpha.shape
+    s = layout.time_stride
     first = alpha[:, :, :1]
-    rest = alpha[:, :, 1:].reshape(b, k, (f - 1) // 4, 4, h, w).mean(dim=3) if f > 1 else alpha[:, :, :0]
+    rest = alpha[:, :, 1:].reshape(b, k, (f - 1) // s, s, h, w).mean(dim=3) if f > 1 else alpha[:, :, :0]
     grouped = torch.cat([first, rest], dim=2)                                    # (B, K, T', H, W)
     pooled = F.adaptive_avg_pool2d(grouped.flatten(0, 2), (layout.latent_height, layout.latent_width))
     return pooled.view(b, k, layout.latent_frames, layout.latent_height, layout.latent_width)
@@ -145,7 +147,7 @@ def mask_decoding(
     """L_mask = rec(A^, A) + gradient_weight * Sobel-gradient L1, A^ decoded from each x0^ mask latent.
 
     weight (B, L): 1 where the mask segment was generated (given segments are skipped).
-    latent_frames: decode only the first n latent frames (frames 0..4(n-1) of the clip).
+    latent_frames: decode only the first n latent frames (frames 0..time_stride*(n-1) of the clip).
     crop: (top, left, size, margin) in latent pixels: decode that square of each mask latent and score
     the decoded pixels at least `margin` latent pixels away from a cut edge (image borders are kept).
     early_backward: run each (sample, mask layer) decode's backward at once, keep only its gradient on
@@ -153,7 +155,7 @@ def mask_decoding(
     a time instead of B * K of them (the decoder is frozen, so nothing else receives gradients there).
     """
     n = layout.latent_frames if latent_frames is None else max(1, min(latent_frames, layout.latent_frames))
-    frames = 4 * (n - 1) + 1
+    frames = pixel_frames(n, layout.time_stride)
     parts = layout.split(x0_hat)
     total = x0_hat.new_zeros((), dtype=torch.float32)
     count = 0
@@ -196,7 +198,7 @@ def _term_with_early_backward(term, latent: torch.Tensor, target: torch.Tensor) 
 
 
 def _crop(latent: torch.Tensor, target: torch.Tensor, crop: tuple[int, int, int, int]):
-    """Cut a (size x size) latent square at (top, left) and the matching 8x pixels of the target;
+    """Cut a (size x size) latent square at (top, left) and the matching pixels of the target (scale: the VAE's stride);
     returns them and the pixel slices (rows, cols) of the scored interior."""
     top, left, size, margin = crop
     h, w = latent.shape[-2:]

@@ -25,7 +25,7 @@ ADVICE = {
     "mask loss": "loss.mask_early_backward: true (exact), then loss.mask_latent_frames or loss.mask_crop",
     "text encoder": "model.text_dtype: bfloat16",
 }
-SMALL = ((32, 32), (64, 32))     # traced pixel sizes (multiples of 16: VAE 8x and patch 2x)
+SMALL = ((32, 32), (64, 32))     # traced pixel sizes (multiples of 32: VAE stride x patch up to 8 x 4)
 # Memory of a training process that is not tensors: on CPU the allocator arenas, thread pools and
 # library state, measured as peak RSS minus the plan at a 32x32x5 tiny run (0.10 GiB); on CUDA the
 # context and cuBLAS workspaces live outside torch's allocator: kept out of the total, reserved in `budget`.
@@ -120,8 +120,8 @@ def _phase_activations(plan, config, task, phase, autocast) -> None:
     one_block = max(0, whole(hw) - outside(hw)) // traced_layers
     if checkpointing:
         with autocast():
-            token_bytes = dit.base.patch_embedding(torch.zeros(1, 16, 1, 2, 2, device=dit.device,
-                                                               dtype=dit.dtype)).element_size()
+            one_patch = torch.zeros(1, dit.base.config.in_channels, *layout.patch_size, device=dit.device, dtype=dit.dtype)
+            token_bytes = dit.base.patch_embedding(one_patch).element_size()
         block_inputs = layers * layout.num_tokens * dit.inner_dim * token_bytes
         # checkpointed: what the blocks return, plus one block's tensors while it is recomputed
         plan.parts["activations"] = b * (outside(hw) + block_inputs + one_block)

@@ -34,6 +34,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
+from layert2v_core.layout import LayerLayout
+from layert2v_core.model_geometry import vae_strides
 from layert2v_core.text import TextEncoder
 from layert2v_core.tiny import TINY_WORDS, build_tiny_tokenizer, build_tiny_umt5
 from layert2v_core.vae_io import decode_latent, decoder_chunks, encode_frames, normalize_latent
@@ -44,6 +46,7 @@ from .config import RunConfig, load_config
 from .data.synthetic import held_out_prompts
 from .data.vidlayer import VidLayerDataset, collate_layered, frame_indices
 from .eval_hook import pick_frames, save_sheet
+from .losses import alpha_to_latent_grid
 from .models import SYNTHETIC_WORDS, build_vae, save_text_encoder
 from .stage_common import clip_spec, parse_args, prepare_samples, seeded
 from .timesteps import logit_normal
@@ -159,9 +162,7 @@ class BaseVAETask:
                 frames = batch[kind][b]
             clips.append(_random_crop(_to_vae_input(frames), self.config.data.vae_crop, generator))
         x = torch.stack(clips)
-        z_dim = self.vae.config.z_dim
-        stride = self.vae.spatial_compression_ratio
-        latent_shape = (x.shape[0], z_dim, (x.shape[2] - 1) // 4 + 1, x.shape[3] // stride, x.shape[4] // stride)
+        latent_shape = clip_layout(self.vae, *x.shape[2:]).segment_latent_shape(x.shape[0], self.vae.config.z_dim)
         eps = torch.randn(latent_shape, generator=generator)
         return {"x": x.to(self.device), "eps": eps.to(self.device)}
 
@@ -296,13 +297,16 @@ class FlowObjective(nn.Module):
         return out
 
 
-def latent_coverage(alpha: torch.Tensor, stride: int) -> torch.Tensor:
-    """(K, F, H, W) visible mattes -> (T', H/stride, W/stride): the share of each latent cell the objects
-    cover, with the causal VAE's time grouping (latent frame 0 = frame 0, then groups of 4 frames)."""
+def clip_layout(vae, num_frames: int, height: int, width: int, patch_size=(1, 1, 1)) -> LayerLayout:
+    """One clip's latent geometry at this VAE's strides (a one-layer layout: only its segment shape is read)."""
+    return LayerLayout(1, num_frames, height, width, patch_size=tuple(patch_size), **vae_strides(vae))
+
+
+def latent_coverage(alpha: torch.Tensor, layout: LayerLayout) -> torch.Tensor:
+    """(K, F, H, W) visible mattes -> (T', h, w): the share of each latent cell the objects cover, on the
+    latent grid of the consistency loss (the causal VAE's time grouping, the VAE's spatial cells)."""
     union = 1 - torch.prod(1 - alpha.float(), dim=0)
-    frames, height, width = union.shape
-    grouped = torch.cat([union[:1], union[1:].reshape((frames - 1) // 4, 4, height, width).mean(1)])
-    return F.avg_pool2d(grouped[:, None], stride)[:, 0]
+    return alpha_to_latent_grid(union[None, None], layout)[0, 0]
 
 
 class FullLatentDataset(torch.utils.data.Dataset):
@@ -374,13 +378,13 @@ class BaseDiTTask:
     def _encode_full(self, data, batch: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
         """Full-video latents (N, C, T', h, w) and object coverage (N, 1, T', h, w), clips batched through
         the VAE (one clip at a time cost 0.4 s each on one core, dominated by per-call overhead)."""
-        stride = self.vae.spatial_compression_ratio
+        layout = clip_layout(self.vae, data.clip.num_frames, data.clip.height, data.clip.width)
         latents, coverage = [], []
         for start in range(0, len(data), batch):
             items = [data[(i, 0)] for i in range(start, min(start + batch, len(data)))]
             x = torch.stack([_to_vae_input(it["full"]) for it in items]).to(self.device, self.vae.dtype)
             latents.append(normalize_latent(self.vae.encode(x).latent_dist.mode().float(), self.vae).cpu())
-            coverage += [latent_coverage(it["alpha"], stride)[None] for it in items]
+            coverage += [latent_coverage(it["alpha"], layout)[None] for it in items]
         return torch.cat(latents), torch.stack(coverage)
 
     @torch.no_grad()
@@ -439,8 +443,8 @@ class BaseDiTTask:
         self.dit.eval()
         rows, labels = [], []
         gen = torch.Generator().manual_seed(ev.seed)
-        stride = self.vae.spatial_compression_ratio
-        shape = (1, self.dit.config.in_channels, (phase.num_frames - 1) // 4 + 1, phase.height // stride, phase.width // stride)
+        layout = clip_layout(self.vae, phase.num_frames, phase.height, phase.width, self.dit.config.patch_size)
+        shape = layout.segment_latent_shape(1, self.dit.config.in_channels)
         for i, prompt in enumerate(prompts):
             latent = euler_sample(self.dit, torch.randn(shape, generator=gen).to(self.device), self._context([prompt]).to(self.device),
                                   self._context([""]).to(self.device), ev.steps, ev.cfg, ev.shift)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from layert2v_core.weights.layert2v_adapter import save_layert2v_adapter
+from layert2v_core.model_geometry import trained_vae_record
 from layert2v_core.pipeline import LayerT2VPipeline
 from layert2v_core.sampler import SamplerConfig
 
@@ -51,6 +52,8 @@ class JointTask:
         if cfg.model.kind == "wan":  # a VAE of our own (demo stage 0) has its own statistics: keep them with the adapter
             self.layert2v.extra.setdefault("latents_mean", list(self.vae.config.latents_mean))
             self.layert2v.extra.setdefault("latents_std", list(self.vae.config.latents_std))
+        # ... and its strides, so a sampler without the VAE at hand (ComfyUI's) sizes latents for it
+        self.layert2v.extra.update(trained_vae_record(self.vae))
         self.text_encoder = build_text_encoder(cfg.model, self.layert2v.text_len, self.device, cfg.data.text_cache_gib)
         with seeded(cfg.seed):
             self.mask_vae = build_mask_vae(self.vae, self.layert2v).to(self.device)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 
 from layert2v_core.weights.layert2v_adapter import load_layert2v_adapter
-from layert2v_core.layout import LayerLayout
+from layert2v_core.layout import segment_names
+from layert2v_core.model_geometry import trained_vae_strides, vae_strides
 
 from .stage2_joint import JointTask
 from .stage_common import run_stage
@@ -27,14 +28,13 @@ def extend_layer_adaln(dit, trained_foregrounds: int) -> list[str]:
     k_new = dit.config.max_foregrounds
     if trained_foregrounds >= k_new:
         return []
-    layout = LayerLayout(k_new, 1, 16, 16, patch_size=tuple(dit.base.config.patch_size))  # only segment rows are read
+    position = {name: row for row, name in enumerate(segment_names(k_new))}  # a segment's LayerAdaLN row
     rows = dit.layer_adaln
     filled = []
     with torch.no_grad():
         for k in range(trained_foregrounds + 1, k_new + 1):
             for kind in ("foreground", "mask"):
-                src = layout.segment(f"{kind}_1").position
-                dst = layout.segment(f"{kind}_{k}").position
+                src, dst = position[f"{kind}_1"], position[f"{kind}_{k}"]
                 rows[dst].copy_(rows[src])
                 filled.append(f"{kind}_{k}")
     return filled
@@ -51,6 +51,10 @@ class MultiForegroundTask(JointTask):
         if previous.config.routing != self.layert2v.routing:
             raise ValueError(f"routing {self.layert2v.routing!r} differs from the stage-2 adapter's "
                              f"{previous.config.routing!r}; keep the preset the model was trained with")
+        trained = trained_vae_strides(previous.config)
+        if trained is not None and trained != vae_strides(self.vae):
+            raise ValueError(f"the stage-2 adapter {folder!r} was trained with a VAE of strides {trained}, this run's VAE "
+                             f"has {vae_strides(self.vae)}; use the VAE stage 2 used (model.vae_path / architecture)")
         self.dit.load_adapter_state_dict(previous.dit_state)     # rows beyond the old table stay zero ...
         self.mask_vae.load_mask_adapter_state_dict(previous.mask_state)
         self.new_rows = extend_layer_adaln(self.dit, previous.config.max_foregrounds)  # ... then copied

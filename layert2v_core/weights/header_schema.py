@@ -154,6 +154,13 @@ VAE_FIELDS = {
     "clip_output": Field(_bool),
 }
 
+VAE_DEFAULT_SCALE_FACTORS = {"scale_factor_spatial": 8, "scale_factor_temporal": 4}  # AutoencoderKLWan's
+
+# The strides of the VAE an adapter was trained with, in its config's extra (read by model_geometry.py).
+TRAINED_SPACE_KEY = "vae_scale_factor_spatial"
+TRAINED_TIME_KEY = "vae_scale_factor_temporal"
+TRAINED_VAE_FIELDS = {TRAINED_SPACE_KEY: Field(_int(1, 64)), TRAINED_TIME_KEY: Field(_int(1, 64))}
+
 ROUTING_PRESETS = ("paper", "official", "all")        # layout.ROUTING_PRESETS (checked by a test)
 ROPE_MODES = ("continuous", "per_segment")            # config.ROPE_MODES
 TEXT_PADDING_MODES = ("attend", "mask")               # config.TEXT_PADDING_MODES
@@ -264,13 +271,29 @@ def check_vae_config(config: Any, where: str) -> dict:
             f"{where!r}: VAE config temperal_downsample has {len(down)} entries; dim_mult with {len(mult)} "
             f"levels needs {len(mult) - 1}"
         )
+    _check_vae_compression(config, mult, down, where)
     return config
+
+
+def _check_vae_compression(config: dict, mult: list, down: list, where: str) -> None:
+    """diffusers sizes latents by scale_factor_spatial / _temporal (defaults 8 / 4), whatever the blocks
+    do: a VAE whose blocks downsample otherwise would make (and expect) latents of another size."""
+    patch = config.get("patch_size") or 1
+    blocks = {"scale_factor_spatial": (2 ** (len(mult) - 1) * patch, f"dim_mult with {len(mult)} levels"
+                                       + (f" and patch_size {patch}" if patch > 1 else "")),
+              "scale_factor_temporal": (2 ** sum(down), f"temperal_downsample {down}")}
+    for name, (built, what) in blocks.items():
+        declared = config.get(name, VAE_DEFAULT_SCALE_FACTORS[name])
+        if declared != built:
+            raise SchemaError(f"{where!r}: VAE config {name} = {declared} does not match its blocks: {what} "
+                              f"downsample by {built}; set {name}: {built} in the config the file was saved with")
 
 
 def check_layert2v_config(config: Any, where: str) -> dict:
     _check(config, LAYERT2V_FIELDS, where, "LayerT2V config", closed=True)
     extra = config.get("extra") or {}
     check_latent_stats(extra.get("latents_mean"), extra.get("latents_std"), where)
+    _check(extra, TRAINED_VAE_FIELDS, where, "LayerT2V config extra", closed=False)
     return config
 
 

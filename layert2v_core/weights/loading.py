@@ -12,6 +12,7 @@ import torch
 from ..config import LayerT2VConfig
 from ..dit import LayeredWanTransformer
 from ..mask_vae import MaskVAE
+from ..model_geometry import check_pair, set_source
 from ..text import TextEncoder
 from ..vae_io import denormalize_latent, normalize_latent
 from .checkpoint import load_checkpoint
@@ -52,13 +53,17 @@ def load_layered_dit(dit_path: str | Path, adapter_path: Optional[str | Path] = 
     dit = LayeredWanTransformer(base, adapter.config if adapter else LayerT2VConfig())
     if adapter is not None:
         adapter.apply(dit)  # adds the LoRA layers itself when the adapter carries LoRA tensors
+    set_source(dit, dit=dit_path, adapter=adapter_path)
     return dit.to(device).eval()
 
 
 def load_layer_vae(vae_path: str | Path, adapter_path: Optional[str | Path] = None, dtype: str = "fp32",
-                   device: str = "cpu") -> LayerVAE:
-    """Wan VAE file + the mask part of a LayerT2V adapter -> LayerVAE."""
+                   device: str = "cpu", dit: Optional[LayeredWanTransformer] = None) -> LayerVAE:
+    """Wan VAE file + the mask part of a LayerT2V adapter -> LayerVAE. With the `dit` it will serve, a VAE
+    that cannot (other latent channels or strides) is refused first, naming both files."""
     vae = load_wan_vae(vae_path, dtype=parse_dtype(dtype), device=device)
+    set_source(vae, vae=vae_path)
+    check_pair(dit, vae)
     adapter = load_checkpoint(adapter_path) if adapter_path else None
     config = adapter.config if adapter else LayerT2VConfig()
     mask_vae = MaskVAE.from_config(vae, config)
