@@ -4,6 +4,10 @@ script that clicks (tests/browser/user_session.mjs, playwright-core from npm).
 Frontends: 1.47.12 (pinned by ComfyUI 0.30.0) and 1.58.1 (newest on PyPI, --front-end-root), each
 with the classic canvas and with "Nodes 2.0". Screenshots land in test-output/ for people to look at;
 docs/layer_viewer.png in the README is the pinned/classic one (demo model, 17 frames).
+
+The viewer is held to what a stock Preview Image in the same graph does: both come back when the
+artist returns to the workflow's tab (the frontend restores the tab's outputs); after a page reload
+both frontends show neither (they keep no outputs across a reload), and the viewer must not differ.
 """
 
 from __future__ import annotations
@@ -68,16 +72,32 @@ def check_prompt_boxes_follow(result: dict) -> None:
         assert step["visibleBoxes"] == step["foregrounds"], result["steps"]
 
 
-def check_viewer_plays(result: dict) -> None:
-    assert result["viewerLayers"] == EXPECTED_TILES
-    assert result["blankFrames"] == [], result["blankFrames"][:5]
-    assert result["matte"]["flag"] == "true" and result["matte"]["foregroundTilesGrey"] == [True, True], result["matte"]
-    frames, samples, fps = result["frames"], result["playback"]["samples"], result["playback"]["fps"]
+def check_plays(playback: dict, frames: int) -> None:
+    samples, fps = playback["samples"], playback["fps"]
     advanced = sum((b["frame"] - a["frame"]) % frames for a, b in zip(samples, samples[1:]))
     seconds = (samples[-1]["ms"] - samples[0]["ms"]) / 1000
     assert len({s["frame"] for s in samples}) >= 3, samples
     # The clock runs at the generation's fps; the wide band allows for a loaded 2-core machine.
     assert 0.5 * fps <= advanced / seconds <= 1.5 * fps, (advanced, seconds, fps)
+
+
+def check_viewer_plays(result: dict) -> None:
+    assert result["viewerLayers"] == EXPECTED_TILES
+    assert result["blankFrames"] == [], result["blankFrames"][:5]
+    assert result["matte"]["flag"] == "true" and result["matte"]["foregroundTilesGrey"] == [True, True], result["matte"]
+    check_plays(result["playback"], result["frames"])
+
+
+def check_viewer_like_stock_preview(result: dict) -> None:
+    trip = result["roundTrip"]
+    assert trip["onOtherTab"] == {"viewer": "none", "stockPreview": False}, trip["onOtherTab"]
+    assert trip["back"]["stockPreview"], "the stock Preview Image did not come back either: the frontend changed"
+    assert trip["back"]["viewer"] == "ready", f"the layer viewer is gone after a tab round trip: {trip['back']}"
+    assert trip["strips"] == trip["before"], "the viewer came back with other strips than the run wrote"
+    assert min(trip["opaqueMeanAlpha"]) >= 250, trip["opaqueMeanAlpha"]  # drawn, not blank tiles
+    check_plays(trip["playback"], result["frames"])
+    after_reload = result["reload"]
+    assert (after_reload["viewer"] == "ready") == after_reload["stockPreview"], after_reload
 
 
 def with_new_seed(widgets: dict) -> dict:
@@ -86,13 +106,14 @@ def with_new_seed(widgets: dict) -> dict:
 
 def viewer_session(server, name, test_output_dir, nodes_2, widgets) -> None:
     workflow = {"template": TWO_FOREGROUNDS, "foregroundCounts": [1, 3, 2], "inspectViewer": True,
-                "widgets": with_new_seed(widgets)}
+                "stockPreview": True, "widgets": with_new_seed(widgets)}
     report = session(server, name, [workflow], test_output_dir, nodes_2)
     result = report["workflows"][0]
     assert result["vueNodes"] == nodes_2
     check_prompt_boxes_follow(result)
     check_viewers_decoded(result)
     check_viewer_plays(result)
+    check_viewer_like_stock_preview(result)
 
 
 def test_viewer_pinned_frontend_classic(comfy_server, test_output_dir):

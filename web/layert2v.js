@@ -2,13 +2,16 @@
 // - Layer Prompts: shows only as many foreground prompt boxes as `num_foregrounds` asks for;
 // - Save Layers: a layer viewer that plays every layer of the last generation (film strips written
 //   by the node into <layer set>/web_preview/), full and recomposite side by side, foregrounds over a
-//   checkerboard with an alpha-matte toggle;
+//   checkerboard with an alpha-matte toggle; built from the run (onExecuted) and rebuilt wherever the
+//   frontend puts a node's outputs back (onNodeOutputsUpdated: a workflow tab shown again, a job
+//   loaded from the queue), as its stock image previews are;
 // - markers on <html> and on the viewer that the browser tests read.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const MAX_FOREGROUNDS = 3;
 const VIEWER_OUTPUT = "layert2v_viewer"; // the node's UI output key (nodes/save.py)
+const SAVE_LAYERS = "LayerT2VSaveLayers";
 const seenNodes = [];
 
 function showForegroundBoxes(node) {
@@ -162,6 +165,9 @@ function viewUrl(entry) {
 }
 
 function showLayerViewer(node, entries) {
+  const generation = JSON.stringify(entries);
+  // The same generation again (its outputs restored while it still shows): keep its frame and state.
+  if (node.layerViewer?.generation === generation && node.layerViewer.root.dataset.state !== "error") return;
   if (!node.layerViewer) {
     node.layerViewer = new LayerViewer();
     node.addDOMWidget?.("layer_viewer", "layert2v_viewer", node.layerViewer.root, {
@@ -169,10 +175,20 @@ function showLayerViewer(node, entries) {
       getMinHeight: () => node.layerViewer.heightFor(Math.max(node.size[0], 360)),
     });
   }
+  node.layerViewer.generation = generation;
   node.layerViewer.show(entries);
   node.setSize?.([Math.max(node.size[0], 360), node.computeSize()[1]]);
   node.graph?.setDirtyCanvas?.(true, true);
   document.documentElement.dataset.layert2vViewerLayers = entries.filter((e) => e.kind !== "matte").map((e) => e.layer).join(",");
+}
+
+// The frontend keys app.nodeOutputs by node locator: "<node id>" in the root graph, "<subgraph uuid>:<node id>"
+// inside a subgraph.
+function nodeAtLocator(locator) {
+  const root = app.rootGraph ?? app.graph;
+  const [graphId, nodeId] = String(locator).includes(":") ? String(locator).split(":") : [null, String(locator)];
+  const graph = graphId ? root?.subgraphs?.get(graphId) : root;
+  return graph?.getNodeById(nodeId) ?? null;
 }
 
 app.registerExtension({
@@ -201,13 +217,22 @@ app.registerExtension({
       };
     }
 
-    if (nodeData.name === "LayerT2VSaveLayers") {
+    if (nodeData.name === SAVE_LAYERS) {
       const onExecuted = nodeType.prototype.onExecuted;
       nodeType.prototype.onExecuted = function (message) {
         onExecuted?.apply(this, arguments);
         const entries = message?.[VIEWER_OUTPUT] ?? [];
         if (entries.length) showLayerViewer(this, entries);
       };
+    }
+  },
+  // Called with every output the frontend holds whenever it replaces them all (a tab switch restores the
+  // tab's outputs after its graph is rebuilt, so onExecuted does not run again).
+  onNodeOutputsUpdated(outputs) {
+    for (const [locator, output] of Object.entries(outputs ?? {})) {
+      const entries = output?.[VIEWER_OUTPUT] ?? [];
+      const node = entries.length ? nodeAtLocator(locator) : null;
+      if (node?.type === SAVE_LAYERS) showLayerViewer(node, entries);
     }
   },
   async setup() {

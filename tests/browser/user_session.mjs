@@ -1,6 +1,8 @@
 // One artist's session in the real ComfyUI frontend, driven in Debian's chromium by playwright-core:
-// for each workflow: open it from the pack's templates, (change the number of foregrounds), press Run,
-// wait for the layer viewers; on one of them scrub every frame, toggle the matte, play. Prints one JSON report line
+// for each workflow: open it from the pack's templates, (add a stock Preview Image), (change the number of
+// foregrounds), press Run, wait for the layer viewers; on one of them scrub every frame, toggle the matte,
+// play; (switch to another workflow tab and back, then reload the page, comparing the viewer with the stock
+// preview each time). Prints one JSON report line
 // (the last line of stdout) that tests/test_browser_viewer.py asserts on; screenshots go to outDir.
 //
 //   node user_session.mjs '<json config>'     (see tests/comfyhost/browser.py: run_user_session)
@@ -31,13 +33,20 @@ try {
     const result = { template: workflow.template };
     report.workflows.push(result);
     await openTemplate(page, workflow.template, result);
+    if (workflow.stockPreview) await addStockPreview(page);
     if (workflow.foregroundCounts) await changeForegrounds(page, workflow.foregroundCounts, result);
     result.viewers = await runFromUI(page, workflow.widgets);
     if (workflow.inspectViewer) await inspectViewer(page, result);
+    if (workflow.stockPreview) {
+      result.roundTrip = await tabRoundTrip(page, workflow.template);
+      result.reload = await reload(page);
+    }
   }
-  // Nothing else on the page shows our files (the frontend's own gallery would, as broken stills).
+  // Nothing else on the page shows our files (the frontend's own gallery would, as broken stills); the
+  // stock preview's files are temp ones.
   report.otherViewImages = await page.evaluate(() => [...document.querySelectorAll("img")]
-    .filter((img) => img.src.includes("/view?") && !img.classList.contains("layert2v-strip")).map((img) => img.src));
+    .filter((img) => img.src.includes("/view?") && new URL(img.src).searchParams.get("type") === "output"
+      && !img.classList.contains("layert2v-strip")).map((img) => img.src));
   report.ok = true;
 } catch (error) {
   report.error = String(error?.stack ?? error).slice(0, 3000);
@@ -57,6 +66,22 @@ async function openTemplate(page, template, result) {
   await focusNode(page, "LayerT2VPrompts");
   result.initialForegrounds = await widgetValue(page, "LayerT2VPrompts", "num_foregrounds");
   result.initialBoxes = await settledBoxes(page, result.initialForegrounds);
+}
+
+async function addStockPreview(page) {
+  // A stock Preview Image on the decoder's full video, right of Save Layers (on screen with it: the
+  // canvas loads a preview's images only when it draws the node).
+  await page.evaluate(() => {
+    const { graph } = window.app;
+    const decoder = graph.nodes.find((n) => n.type === "LayerT2VDecodeLayers");
+    const save = graph.nodes.find((n) => n.type === "LayerT2VSaveLayers");
+    const preview = window.LiteGraph.createNode("PreviewImage");
+    preview.pos = [save.pos[0] + Math.max(save.size[0], 360) + 60, save.pos[1]];
+    graph.add(preview);
+    decoder.connect(decoder.outputs.findIndex((o) => o.name === "full"), preview, 0);
+    graph.setDirtyCanvas(true, true);
+  });
+  await page.waitForTimeout(500);
 }
 
 async function changeForegrounds(page, counts, result) {
@@ -138,16 +163,88 @@ async function inspectViewer(page, result) {
 
   // Play: the shown frame advances at about the generation's fps.
   await viewer.locator("button.layert2v-play").click();
-  const samples = [];
-  const started = Date.now();
-  while (Date.now() - started < 1500) {
-    samples.push({ ms: Date.now() - started, frame: Number(await viewer.evaluate((root) => root.dataset.frame)) });
-    await page.waitForTimeout(50);
-  }
-  result.playback = { fps: await viewer.evaluate((root) => Number(root.dataset.fps)), samples };
+  result.playback = await samplePlayback(viewer);
   await shot(viewer, "viewer_playing");
   await shot(page, "page");
 
+}
+
+async function samplePlayback(viewer) {
+  // Sampled in the page on every animation frame: a round trip to the browser per sample takes longer
+  // than a 5-frame loop on a loaded machine, and the frame count would alias.
+  return viewer.evaluate((root) => new Promise((resolve) => {
+    const samples = [];
+    const started = performance.now();
+    const sample = () => {
+      const ms = performance.now() - started;
+      samples.push({ ms: Math.round(ms), frame: Number(root.dataset.frame) });
+      if (ms < 1500) requestAnimationFrame(sample);
+      else resolve({ fps: Number(root.dataset.fps), samples });
+    };
+    sample();
+  }));
+}
+
+async function tabRoundTrip(page, template) {
+  // What an artist does between runs: another workflow tab (a new blank one), then back to this one.
+  const before = await viewerStrips(page);
+  await page.getByRole("button", { name: "Create a new blank workflow" }).click();
+  await page.waitForFunction(() => !window.app.graph.nodes.some((n) => n.type === "LayerT2VSaveLayers"), null, { timeout: 30000 });
+  await page.waitForTimeout(1000);
+  const onOtherTab = await shown(page);
+  await page.locator(".workflow-label", { hasText: new RegExp(`^${template}$`) }).click();
+  await page.waitForFunction(() => window.app.graph.nodes.some((n) => n.type === "LayerT2VSaveLayers"), null, { timeout: 30000 });
+  const back = await settledShown(page);
+  const trip = { before, onOtherTab, back, strips: await viewerStrips(page) };
+  if (back.viewer === "ready") {
+    const viewer = page.locator(".layert2v-viewer[data-state=ready]").first();
+    trip.playback = await samplePlayback(viewer);
+    trip.opaqueMeanAlpha = await viewer.evaluate((root) => [...root.querySelectorAll("canvas")]
+      .filter((c) => !c.dataset.layer.startsWith("foreground")).map((c) => {
+        const { data } = c.getContext("2d").getImageData(0, 0, c.width, c.height);
+        let alpha = 0;
+        for (let i = 3; i < data.length; i += 4) alpha += data[i];
+        return alpha / (data.length / 4);
+      }));
+  }
+  await shot(page, "after_tab_round_trip");
+  return trip;
+}
+
+async function reload(page) {
+  await page.reload();
+  await page.waitForFunction(() => window.app?.graph?.nodes?.some((n) => n.type === "LayerT2VSaveLayers"), null, { timeout: 120000 });
+  const after = await settledShown(page);
+  await shot(page, "after_reload");
+  return after;
+}
+
+async function settledShown(page) {
+  // A restored preview appears within a few frames; a loaded machine gets 10 s before we call it gone.
+  let state = await shown(page);
+  for (let waited = 0; !(state.viewer === "ready" && state.stockPreview) && waited < 10000; waited += 250) {
+    await page.waitForTimeout(250);
+    state = await shown(page);
+  }
+  return state;
+}
+
+async function shown(page) {
+  // What the user sees: the layer viewer's state (none: absent) and whether the stock preview shows a
+  // loaded image (the classic canvas draws node.imgs; Nodes 2.0 puts an <img> in the node).
+  return page.evaluate(() => {
+    const loaded = (img) => img.complete && img.naturalWidth > 0;
+    const preview = window.app.graph.nodes.find((n) => n.type === "PreviewImage");
+    const vueNode = preview && document.querySelector(`[data-node-id="${preview.id}"]`);
+    return {
+      viewer: document.querySelector(".layert2v-viewer")?.dataset.state ?? "none",
+      stockPreview: !!preview && ((preview.imgs ?? []).some(loaded) || [...(vueNode?.querySelectorAll("img") ?? [])].some(loaded)),
+    };
+  });
+}
+
+async function viewerStrips(page) {
+  return page.evaluate(() => [...document.querySelectorAll(".layert2v-viewer img.layert2v-strip")].map((img) => img.src));
 }
 
 async function focusNode(page, type) {
