@@ -2,6 +2,11 @@
 
 Module level stays free of ComfyUI imports: pytest also imports this file (the repo root holds
 `__init__.py`), and there `comfy_api` does not exist. ComfyUI-only imports live in `comfy_entrypoint`.
+
+Everything of ours is imported through this package (nodes/ imports the core as `..layert2v_core`),
+so the pack folder never goes on sys.path and `layert2v_core`, `training` or `nodes` never become
+top-level names that could shadow another pack's or a library's module. From the repo root, the CLI,
+the tests and training import `layert2v_core` as a top-level package as before.
 """
 
 # Served by ComfyUI at /extensions/<pack folder>/ and loaded by its frontend.
@@ -9,13 +14,6 @@ WEB_DIRECTORY = "./web"
 
 
 async def comfy_entrypoint():
-    import os
-    import sys
-
-    # The core is imported as a top-level package, whatever the pack's folder is called.
-    pack_dir = os.path.dirname(os.path.abspath(__file__))
-    if pack_dir not in sys.path:
-        sys.path.insert(0, pack_dir)
     from .nodes import extension
 
     return extension()

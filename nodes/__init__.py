@@ -3,7 +3,6 @@
 from comfy_api.latest import ComfyExtension, io
 
 from .conditional import GivenLayersNode, TrajectoryNode
-from .diagnostics import LayerT2VPing
 from .layers import ComposeRGBA, DecodeAlpha, DecodeLayers, GetForeground, Recomposite, SplitLayers
 from .loaders import LoadLayerT2VModel, LoadLayerT2VTextEncoder, LoadLayerT2VVAE, register_model_folder
 from .prompts import LayerPromptsNode
@@ -13,7 +12,7 @@ from .save import SaveLayers
 NODES = [
     LoadLayerT2VModel, LoadLayerT2VVAE, LoadLayerT2VTextEncoder, LayerPromptsNode, LayeredSampler,
     GivenLayersNode, TrajectoryNode, SplitLayers, DecodeLayers, GetForeground, DecodeAlpha, ComposeRGBA,
-    Recomposite, SaveLayers, LayerT2VPing,
+    Recomposite, SaveLayers,
 ]
 
 

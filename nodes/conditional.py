@@ -7,9 +7,9 @@ from dataclasses import dataclass, field, replace
 import torch
 from comfy_api.latest import io
 
-from layert2v_core.sampler import GIVEN_MODES
-from layert2v_core.trajectory import parse_trajectories
-from layert2v_core.variants import GivenLayers, frames_text
+from ..layert2v_core.sampler import GIVEN_MODES
+from ..layert2v_core.trajectory import parse_trajectories
+from ..layert2v_core.variants import GivenLayers, frames_text
 
 from .errors import LayerT2VInputError, check_finite, readable_errors, refuse
 from .types import CATEGORY, LayerVAE
@@ -53,7 +53,7 @@ class GivenLayersNode(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="LayerT2VGivenLayers",
-            display_name="LayerT2V Layer From Video",
+            display_name="LayerT2V Given Layers",
             category=CATEGORY,
             description="Layers you already have, kept by the sampler while it generates the rest: a full video "
                         "(decompose), a background (foregrounds for it), or a foreground + alpha (a background "
@@ -77,7 +77,7 @@ class GivenLayersNode(io.ComfyNode):
     @classmethod
     def execute(cls, layert2v_vae, foreground_index, foreground_is, mode, full=None, background=None,
                 foreground=None, alpha=None, given=None) -> io.NodeOutput:
-        node = "LayerT2V Layer From Video"
+        node = "LayerT2V Given Layers"
         if given is None:
             layers = GivenLayers(foreground_is=foreground_is)
         else:  # a copy: upstream outputs are cached by ComfyUI and must not change

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from layert2v_core.export.atomic import OutputFolderError
+from ..layert2v_core.export.atomic import OutputFolderError
 
 MAX_MESSAGE_CHARS = 600
 PACK_ROOT = str(Path(__file__).resolve().parents[1])

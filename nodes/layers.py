@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from layert2v_core.export import composite_over, to_premultiplied, to_straight
-from layert2v_core.layout import BACKGROUND, FOREGROUND, FULL, LATENT_CHANNELS, MASK, LayerLayout, LayoutError
-from layert2v_core.pipeline import LayerT2VPipeline
+from ..layert2v_core.export import composite_over, to_premultiplied, to_straight
+from ..layert2v_core.layout import BACKGROUND, FOREGROUND, FULL, LATENT_CHANNELS, MASK, LayerLayout, LayoutError
+from ..layert2v_core.pipeline import LayerT2VPipeline
 
 from .errors import LayerT2VInputError, check_finite, readable_errors, refuse
 from .sampling import GENERATION_KEY, LAYOUT_KEY

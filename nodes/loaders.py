@@ -7,12 +7,12 @@ import os
 import folder_paths
 from comfy_api.latest import io
 
-from layert2v_core import demo_model
-from layert2v_core.attention_backend import BACKENDS, DEFAULT_BACKEND, describe, set_attention_backend
-from layert2v_core.weights.authors_folder import ADAPTER_CONFIG, EMA_FILE
-from layert2v_core.weights.checkpoint import is_checkpoint_folder
-from layert2v_core.weights.layert2v_adapter import CONFIG_FILE
-from layert2v_core.weights.loading import DTYPES, LayerT2VModel, load_layer_vae, load_layered_dit, load_text_encoder
+from ..layert2v_core import demo_model
+from ..layert2v_core.attention_backend import BACKENDS, DEFAULT_BACKEND, describe, set_attention_backend
+from ..layert2v_core.weights.authors_folder import ADAPTER_CONFIG, EMA_FILE
+from ..layert2v_core.weights.checkpoint import is_checkpoint_folder
+from ..layert2v_core.weights.layert2v_adapter import CONFIG_FILE
+from ..layert2v_core.weights.loading import DTYPES, LayerT2VModel, load_layer_vae, load_layered_dit, load_text_encoder
 
 from .errors import LayerT2VInputError, readable_errors
 from .types import CATEGORY, LayerModel, LayerTextEncoder, LayerVAE
@@ -127,7 +127,7 @@ class LoadLayerT2VVAE(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="LayerT2VLoadVAE",
-            display_name="LayerT2V Load Mask VAE",
+            display_name="LayerT2V Load VAE + Mask VAE",
             category=CATEGORY,
             description="The Wan VAE from models/vae for RGB layers plus the adapter's mask VAE for alpha.",
             inputs=[
@@ -140,7 +140,7 @@ class LoadLayerT2VVAE(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae_name, adapter_name, device) -> io.NodeOutput:
-        with readable_errors("LayerT2V Load Mask VAE"):
+        with readable_errors("LayerT2V Load VAE + Mask VAE"):
             path = resolve_model_file("vae", vae_name, "vae_name")
             layer_vae = load_layer_vae(path, resolve_adapter(adapter_name), device=device_for(device))
         return io.NodeOutput(layer_vae)

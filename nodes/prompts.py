@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from layert2v_core.pipeline import LayerPrompts, encode_conditioning
-from layert2v_core.text import check_prompt_text
+from ..layert2v_core.pipeline import LayerPrompts, encode_conditioning
+from ..layert2v_core.text import check_prompt_text
 
 from .errors import LayerT2VInputError, readable_errors
 from .types import CATEGORY, LayerConditioning as LayerConditioningType, LayerTextEncoder

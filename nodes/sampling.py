@@ -8,11 +8,11 @@ import comfy.utils
 from comfy_api.latest import io
 from PIL import Image
 
-from layert2v_core.layout import LayerLayout
-from layert2v_core.pipeline import LayerT2VPipeline
-from layert2v_core.preview import latent_preview
-from layert2v_core.sampler import CFG_OUTSIDE, SAMPLERS, SamplerConfig, speed_summary
-from layert2v_core.variants import sample_layers
+from ..layert2v_core.layout import LayerLayout
+from ..layert2v_core.pipeline import LayerT2VPipeline
+from ..layert2v_core.preview import latent_preview
+from ..layert2v_core.sampler import CFG_OUTSIDE, SAMPLERS, SamplerConfig, speed_summary
+from ..layert2v_core.variants import sample_layers
 
 from .errors import LayerT2VInputError, readable_errors
 from .conditional import LayerGiven, LayerTrajectory
@@ -53,7 +53,7 @@ class LayeredSampler(io.ComfyNode):
                 io.Float.Input("shift", default=5.0, min=0.01, max=100.0, step=0.1),
                 io.Combo.Input("sampler", options=list(SAMPLERS), default="unipc"),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
-                LayerGiven.Input("given", optional=True, tooltip="layers to keep (LayerT2V Layer From Video)"),
+                LayerGiven.Input("given", optional=True, tooltip="layers to keep (LayerT2V Given Layers)"),
                 LayerTrajectory.Input("trajectory", optional=True, tooltip="boxes per foreground (LayerT2V Trajectories)"),
                 io.Float.Input("step_cache", default=0.0, min=0.0, max=10.0, step=0.01, optional=True,
                                tooltip="0 = off. Reuse the model's residual on steps whose input barely changed "

@@ -13,9 +13,9 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
-from layert2v_core.export import write_layer_set
-from layert2v_core.preview import WEB_PREVIEW_DIR, write_web_previews
-from layert2v_core.export.atomic import output_errors
+from ..layert2v_core.export import write_layer_set
+from ..layert2v_core.preview import WEB_PREVIEW_DIR, write_web_previews
+from ..layert2v_core.export.atomic import output_errors
 
 from .errors import LayerT2VInputError, readable_errors
 from .types import CATEGORY, LayerSet

@@ -56,7 +56,8 @@ def _serve(tmp_path_factory, test_output_dir, log_name, front_end_root=None, com
     started = time.monotonic()
     main_dir = ensure_installed()  # a no-op once installed
     install_seconds = time.monotonic() - started
-    server = ComfyServer(comfy_dir or main_dir, tmp_path_factory.mktemp("comfyui"), front_end_root=front_end_root)
+    server = ComfyServer(comfy_dir or main_dir, tmp_path_factory.mktemp("comfyui"), front_end_root=front_end_root,
+                         test_packs=("python_path_probe",))
     install_tiny_models(server.base_dir / "models")  # before start: loaders list models at start-up
     try:
         server.start()

@@ -1,5 +1,5 @@
 """The authors' checkpoint folder as a ComfyUI user meets it: dropped into models/, offered by the
-LayerT2V Load Model / Load Mask VAE dropdowns of the real server, and run through a whole workflow."""
+LayerT2V Load Model / Load VAE + Mask VAE dropdowns of the real server, and run through a whole workflow."""
 
 from __future__ import annotations
 

@@ -6,8 +6,8 @@ The server (fixture `comfy_server`, tests/conftest.py) starts once per session; 
 
 from __future__ import annotations
 
+import random
 import re
-import uuid
 
 import pytest
 from PIL import Image, ImageStat
@@ -20,16 +20,23 @@ from test_comfy_nodes import api_workflow
 MARKER_JS = f"/extensions/{PACK_NAME}/layert2v.js"
 
 
-def ping_workflow(message: str) -> dict:
-    """API form of the smallest runnable workflow of the pack: one LayerT2VPing output node."""
-    return {"1": {"class_type": "LayerT2VPing", "inputs": {"message": message}}}
+def smallest_workflow(color: int) -> dict:
+    """API form of the smallest runnable workflow of the pack, no model needed: a stock solid image and
+    mask through LayerT2V Compose RGBA into a stock Preview Image."""
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": color}},
+        "2": {"class_type": "SolidMask", "inputs": {"value": 0.5, "width": 8, "height": 8}},
+        "3": {"class_type": "LayerT2VComposeRGBA",
+              "inputs": {"foreground": ["1", 0], "alpha": ["2", 0], "input_is": "straight"}},
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 1]}},
+    }
 
 
-def run_ping(server) -> None:
-    message = f"pong {uuid.uuid4().hex[:8]}"  # a new input each time, so ComfyUI cannot answer from its cache
-    entry = server.wait(server.queue_prompt(ping_workflow(message)), timeout=60)
+def run_smallest_workflow(server) -> None:
+    color = random.randrange(0xFFFFFF)  # a new input each time, so ComfyUI cannot answer from its cache
+    entry = server.wait(server.queue_prompt(smallest_workflow(color)), timeout=60)
     assert entry["status"]["status_str"] == "success", entry["status"]
-    assert entry["outputs"]["1"]["text"] == [message]
+    assert len(entry["outputs"]["4"]["images"]) == 1
 
 
 def test_server_runs_comfyui_0_30_0(comfy_server):
@@ -39,11 +46,11 @@ def test_server_runs_comfyui_0_30_0(comfy_server):
     assert comfy_server.get("/settings/Comfy.TutorialCompleted") is True  # no first-run dialog in the browser
 
 
-def test_object_info_lists_ping_in_layert2v_category(comfy_server):
-    ping = comfy_server.object_info()["LayerT2VPing"]
-    assert ping["category"] == "LayerT2V"
-    assert ping["output_node"] is True
-    assert ping["input"]["required"]["message"][0] == "STRING"
+def test_object_info_lists_save_layers_in_layert2v_category(comfy_server):
+    save = comfy_server.object_info()["LayerT2VSaveLayers"]
+    assert save["category"] == "LayerT2V"
+    assert save["output_node"] is True
+    assert save["input"]["required"]["filename_prefix"][0] == "STRING"
 
 
 def test_server_log_shows_pack_imported_without_error(comfy_server):
@@ -59,8 +66,8 @@ def test_extensions_lists_and_serves_our_js(comfy_server):
     assert "app.registerExtension" in comfy_server.get(MARKER_JS)
 
 
-def test_ping_workflow_runs(comfy_server):
-    run_ping(comfy_server)
+def test_smallest_workflow_runs(comfy_server):
+    run_smallest_workflow(comfy_server)
 
 
 def test_unknown_node_is_rejected_readably_and_server_keeps_serving(comfy_server):
@@ -70,12 +77,12 @@ def test_unknown_node_is_rejected_readably_and_server_keeps_serving(comfy_server
     error = rejected.value.body["error"]
     assert error["type"] == "missing_node_type"  # ComfyUI 0.3.75 said "invalid_prompt"
     assert "NoSuchLayerT2VNode" in error["message"]
-    run_ping(comfy_server)
+    run_smallest_workflow(comfy_server)
 
 
 def test_interrupt_when_idle_is_harmless(comfy_server):
     comfy_server.interrupt()
-    run_ping(comfy_server)
+    run_smallest_workflow(comfy_server)
 
 
 def test_frontend_loads_and_runs_our_extension(comfy_server, test_output_dir):
@@ -86,7 +93,7 @@ def test_frontend_loads_and_runs_our_extension(comfy_server, test_output_dir):
 
     assert 'data-layert2v-loaded="true"' in page.dom, "the pack's JS did not run in the frontend"
     registered = re.search(r'data-layert2v-nodes="([^"]*)"', page.dom)
-    assert registered and "LayerT2VPing" in registered.group(1).split(","), "the frontend did not register our node"
+    assert registered and "LayerT2VSampler" in registered.group(1).split(","), "the frontend did not register our node"
     assert any("LayerT2V extension loaded" in message for message in page.console), page.console
     # Anything else from or about our JS (a load error names its URL) is a problem.
     ours = [m for m in page.console if f"/extensions/{PACK_NAME}/" in m and "LayerT2V extension loaded" not in m]
@@ -116,7 +123,7 @@ def test_pack_loads_and_runs_in_comfyui_0_3_75(comfy_server_0_3_75):
     server = comfy_server_0_3_75
     assert server.get("/system_stats")["system"]["comfyui_version"] == "0.3.75"
     ours = sorted(name for name, info in server.object_info().items() if info["category"].startswith("LayerT2V"))
-    assert len(ours) == 15, ours
+    assert len(ours) == 14, ours
     test_server_log_shows_pack_imported_without_error(server)
     entry = server.wait(server.queue_prompt(api_workflow(server, "layered_t2v")), timeout=300)
     assert entry["status"]["status_str"] == "success", entry["status"]

@@ -71,7 +71,6 @@ def graph(**changes) -> dict:
                    foreground_index=1, foreground_is="straight", mode="replace"),
         "14": node("LayerT2VTrajectory", layert2v_vae=["2", 0], boxes_json=BOXES, strength=0.8, end_step=1),
         "15": node("LayerT2VSampler", **{**sampler, "seed": 1, "given": ["13", 0], "trajectory": ["14", 0]}),
-        "16": node("LayerT2VPing", message="pong"),
     }
     for node_id, inputs in changes.items():
         for name, value in inputs.items():
@@ -82,7 +81,7 @@ def graph(**changes) -> dict:
     return api
 
 
-OUTPUT_NODES = {"7", "16"}  # Save Layers and Ping are outputs themselves
+OUTPUT_NODES = {"7"}  # Save Layers is an output itself
 # ComfyUI keeps only the current prompt's results cached: these previews keep the expensive chains
 # (sampling, decoding, the conditional sampler) in every prompt that leaves them unchanged.
 KEEPERS = {"91": ["12", 0], "92": ["9", 0], "93": ["15", 0]}
@@ -516,7 +515,6 @@ NAMED = [
     # -- a killed export's leftovers
     Case("leftovers", "dead writer's partial removed, live one kept", plant_leftovers, ok=True, check=leftovers_handled),
     # -- found while fuzzing
-    Case("found", "Ping with a lone surrogate", load_case("16", "message", "\ud800"), ok=True),
     Case("found", "foreground_index 3 with K=1 (Get Foreground)", load_case("10", "foreground_index", 3),
          ("foreground_index=3",)),
     Case("found", "K=0 prompts", prompts(num_foregrounds=0), ("num_foregrounds",)),
@@ -568,7 +566,7 @@ MALFORMED = {
     "BOOLEAN": ["yes", None],
 }
 NODE_IDS = {  # downstream first (see NAMED)
-    "LayerT2VPing": "16", "LayerT2VSaveLayers": "7", "LayerT2VTrajectory": "14", "LayerT2VGivenLayers": "13",
+    "LayerT2VSaveLayers": "7", "LayerT2VTrajectory": "14", "LayerT2VGivenLayers": "13",
     "LayerT2VRecomposite": "12", "LayerT2VComposeRGBA": "11", "LayerT2VDecodeAlpha": "9",
     "LayerT2VSplitLayers": "8", "LayerT2VGetForeground": "10", "LayerT2VDecodeLayers": "6", "LayerT2VSampler": "5",
     "LayerT2VPrompts": "4", "LayerT2VLoadTextEncoder": "3", "LayerT2VLoadVAE": "2", "LayerT2VLoadModel": "1"}

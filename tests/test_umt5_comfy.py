@@ -3,7 +3,7 @@ weights and the same SentencePiece model: values, real length, zero padding to 5
 length the DiT's "mask padding" mode reads back from the padded rows.
 
 Two runs of ComfyUI's own code at reduced size: inside a real ComfyUI 0.30.0 server (a workflow
-CLIPLoader -> LayerT2V Layer Prompts -> a dump node of tests/umt5_server_pack), at ComfyUI's default
+CLIPLoader -> LayerT2V Layer Prompts -> a dump node of tests/.comfy_packs/umt5_server_pack), at ComfyUI's default
 fp16 text-encoder precision; and comfy.sd.load_clip in a fresh process at fp32 and fp16
 (tests/umt5_comfy_probe.py), where fp32 must match to float precision."""
 
@@ -146,9 +146,7 @@ def test_cliploader_wan_into_layer_prompts_inside_the_real_server(umt5_files, tm
 
     umt5_file, small_config, model, sp = umt5_files
     monkeypatch.setenv("LAYERT2V_TEST_UMT5_CONFIG", str(small_config))
-    server = ComfyServer(COMFY_DIR, tmp_path / "comfy")
-    (server.base_dir / "custom_nodes").mkdir(parents=True)
-    (server.base_dir / "custom_nodes" / "umt5_server_pack").symlink_to(Path(__file__).with_name("umt5_server_pack"))
+    server = ComfyServer(COMFY_DIR, tmp_path / "comfy", test_packs=("umt5_server_pack",))
     (server.base_dir / "models" / "text_encoders").mkdir(parents=True)
     (server.base_dir / "models" / "text_encoders" / "umt5_small.safetensors").write_bytes(umt5_file.read_bytes())
     workflow = {

@@ -70,8 +70,9 @@ def software_info() -> dict:
     """Versions that produced a file: ours, PyAV's and the FFmpeg libraries inside PyAV."""
     import av
 
-    # Looked up at call time: the core package may import this one while it is still loading.
-    core = importlib.import_module("layert2v_core")
+    # Looked up at call time: the core package may import this one while it is still loading. Relative:
+    # inside ComfyUI the core is a subpackage of the pack, not a top-level `layert2v_core`.
+    core = importlib.import_module("..", __package__)
     libavcodec = av.library_versions.get("libavcodec", ())
     return {
         "name": "layert2v",

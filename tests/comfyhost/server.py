@@ -17,6 +17,11 @@ from .install import REPO_ROOT
 
 # The folder name ComfyUI sees for our pack: its web files are served under /extensions/layert2v/.
 PACK_NAME = "layert2v"
+# Test-only packs (a probe, a dump node). The leading dot keeps them out of ComfyUI-Manager's node
+# scanner, which reads every .py file of a repository except under dot-folders: their node ids must
+# never point Manager's "Install missing custom nodes" at this pack. (.comfyignore keeps tests/ out
+# of the published pack.)
+TEST_PACKS_DIR = REPO_ROOT / "tests" / ".comfy_packs"
 
 # Nothing in the tests may reach a hub; ComfyUI and the libraries it loads must stay offline.
 OFFLINE_ENV = {
@@ -37,12 +42,13 @@ class ComfyServer(ComfyClient):
 
     def __init__(self, comfy_dir: Path, base_dir: Path, pack_dir: Path = REPO_ROOT,
                  extra_args: tuple[str, ...] = (), startup_timeout: float = 300.0,
-                 front_end_root: Path | None = None):
+                 front_end_root: Path | None = None, test_packs: tuple[str, ...] = ()):
         self.port = _free_port()
         super().__init__(f"http://127.0.0.1:{self.port}")
         self.comfy_dir = Path(comfy_dir)
         self.base_dir = Path(base_dir)
         self.pack_dir = Path(pack_dir)
+        self.test_packs = tuple(test_packs)  # folder names under TEST_PACKS_DIR, linked beside the pack
         self.output_dir = self.base_dir / "output"
         self.log_path = self.base_dir / "comfyui.log"
         # None: the frontend that ComfyUI pins (its pip package); else a folder with index.html
@@ -120,9 +126,11 @@ class ComfyServer(ComfyClient):
     def _prepare_base_dir(self) -> None:
         for name in ("custom_nodes", "models", "input", "output", "temp", "user"):
             (self.base_dir / name).mkdir(parents=True, exist_ok=True)
-        link = self.base_dir / "custom_nodes" / PACK_NAME
-        if not link.is_symlink():
-            link.symlink_to(self.pack_dir.resolve(), target_is_directory=True)
+        links = {PACK_NAME: self.pack_dir.resolve(), **{name: TEST_PACKS_DIR / name for name in self.test_packs}}
+        for name, target in links.items():
+            link = self.base_dir / "custom_nodes" / name
+            if not link.is_symlink():
+                link.symlink_to(target, target_is_directory=True)
 
     def _wait_until_ready(self, started: float) -> None:
         while time.monotonic() - started < self.startup_timeout:
