@@ -55,6 +55,11 @@ class LayeredWanTransformer(nn.Module):
     def device(self) -> torch.device:
         return self.base.device
 
+    def streamable_blocks(self) -> list[nn.Module]:
+        """The transformer blocks: each uses only its own weights inside its forward, so a host short of
+        device memory may keep some on the CPU and stream them in as they run (offload.py)."""
+        return list(self.base.blocks)
+
     def check_layout(self, layout: LayerLayout) -> None:
         if layout.num_foregrounds > self.config.max_foregrounds:
             raise LayoutError(

@@ -58,8 +58,8 @@ class MaskVAE(nn.Module):
         The frozen encoder runs without autograd; gradients reach the head only.
         """
         _check_alpha(alpha, vae_strides(self.vae)["space_stride"])
-        vae_dtype = next(self.vae.encoder.parameters()).dtype
-        rgb = (alpha.float() * 2 - 1).expand(-1, 3, -1, -1, -1).to(vae_dtype)
+        weight = next(self.vae.encoder.parameters())  # inputs follow the weights (a host may have moved them)
+        rgb = (alpha.float() * 2 - 1).expand(-1, 3, -1, -1, -1).to(device=weight.device, dtype=weight.dtype)
         with torch.no_grad():
             mode = self.vae.encode(rgb).latent_dist.mode().float()
         z = mode + self.head(mode.to(self.head.weight.dtype)).float()
@@ -71,8 +71,8 @@ class MaskVAE(nn.Module):
             raise ValueError(
                 f"mask latent has shape {tuple(latent.shape)}; expected (batch, {self.z_dim}, frames, height, width)"
             )
-        decoder_dtype = self.decoder_vae.post_quant_conv.weight.dtype
-        z = denormalize_latent(latent.float(), self.vae).to(decoder_dtype)
+        weight = self.decoder_vae.post_quant_conv.weight
+        z = denormalize_latent(latent.float().to(weight.device), self.vae).to(weight.dtype)
         rgb = self.decoder_vae.decode(z).sample  # already clamped to [-1, 1] by diffusers
         return ((rgb.float().mean(dim=1, keepdim=True) + 1) / 2).clamp(0, 1)
 

@@ -19,7 +19,7 @@ still has to be moved onto the device, its weights:
 Measured against the real peak (bench/generation.py, tests/test_memory.py) the estimate lands within
 [0.6, 1.6] x of the measured peak RSS delta on CPU; it is a guard against requests that are off by
 orders of magnitude, not an allocator model. The VAE decode runs after the DiT is offloaded and is
-tiled (vae_io.py), so it is not part of this estimate.
+tiled (vae_io.py), so it is not part of this estimate; `estimate_vae_memory` sizes it on its own.
 """
 
 from __future__ import annotations
@@ -163,6 +163,29 @@ def estimate_sampling_memory(
     )
 
 
+VAE_WORKING_TENSORS = 16
+"""Tensors the size of the VAE's full-resolution activation (one time chunk of scale_factor_temporal
+frames at base_dim x dim_mult[0] channels) alive at the peak of a decode: a block's input, residual,
+normalised copy and convolution output, and the two frames each causal convolution caches. The real
+Wan2.1 VAE (fp32, CPU, 128x128) measured 0.83x of the resulting estimate (tests/test_memory.py)."""
+
+
+def estimate_vae_memory(vae, frames: int, height: int, width: int, tiling="auto") -> int:
+    """Working bytes of decoding or encoding one layer clip with the Wan VAE on its device: one time chunk
+    at full resolution (spatial tiles bound height and width, see vae_io.resolve_tiling) plus the clip
+    itself in float32 (the encoder's input, the mask decoder's output). A host frees this much before
+    loading the VAE; like the sampling estimate it is a guide, not an allocator model."""
+    from .vae_io import resolve_tiling
+
+    tiles = resolve_tiling(tiling, height, width)
+    tile_h, tile_w = (min(height, tiles.tile_height), min(width, tiles.tile_width)) if tiles else (height, width)
+    config = vae.config
+    chunk = int(getattr(config, "scale_factor_temporal", None) or 4)
+    channels = int(getattr(config, "decoder_base_dim", None) or config.base_dim) * int(config.dim_mult[0])
+    working = VAE_WORKING_TENSORS * chunk * channels * tile_h * tile_w * element_size(vae.dtype)
+    return working + frames * height * width * 3 * 4
+
+
 def available_memory(device) -> Optional[int]:
     """Bytes free for new tensors: CUDA free memory plus torch's reusable cache; CPU available RAM
     (psutil, else /proc/meminfo MemAvailable). None when it cannot be known (e.g. mps, meta)."""
@@ -189,19 +212,22 @@ def available_memory(device) -> Optional[int]:
     return None
 
 
-def check_memory(estimate: MemoryEstimate, device, available: Optional[int] = None) -> MemoryEstimate:
-    """Raise InsufficientMemoryError when `estimate.needed` exceeds what `device` has free."""
+def check_memory(estimate: MemoryEstimate, device, available: Optional[int] = None, reserve: int = 0) -> MemoryEstimate:
+    """Raise InsufficientMemoryError when `estimate.needed` exceeds what `device` has free, less `reserve`
+    bytes kept for others (a host's reserve, e.g. ComfyUI's --reserve-vram)."""
     device = torch.device(device)
     if available is None:
         available = available_memory(device)
     if available is None or os.environ.get(SKIP_ENV) == "1":
         return estimate
+    available -= reserve
     if estimate.needed > available:
         lay = estimate.layout
         raise InsufficientMemoryError(
             f"not enough memory to sample width={lay.width} height={lay.height} frames={lay.num_frames} "
             f"K={lay.num_foregrounds} ({lay.num_segments} layers, {lay.num_tokens} tokens, batch {estimate.batch}): "
-            f"estimated {estimate.needed / GIB:.1f} GiB needed vs {available / GIB:.1f} GiB available on {device}. "
+            f"estimated {estimate.needed / GIB:.1f} GiB needed vs {available / GIB:.1f} GiB available on {device}"
+            f"{f' ({reserve / GIB:.1f} GiB kept free for other programs)' if reserve else ''}. "
             f"Lower width/height/frames or the number of foregrounds (tokens grow with width x height x frames x "
             f"layers), or set {SKIP_ENV}=1 to try anyway"
         )

@@ -10,6 +10,8 @@ same results):
   DiT has the device to itself (the embedding cache in text.py keeps repeated prompts free).
 - dit_offload_device: after sampling (also when cancelled), move the DiT there (e.g. "cpu") so the
   VAE decode has the memory; the next sample_latent moves it back to `device`.
+- memory_reserve: bytes of the device the check leaves to others (a host's reserve, e.g. ComfyUI's
+  --reserve-vram).
 - compile_dit: run the DiT forward through torch.compile (compiled once per pipeline).
 - vae_tiling: spatial tiling of the RGB and alpha decodes: "auto" (tiles above 480x832), True,
   None, or a VaeTiling. Decoding is always chunked in time (vae_io.decode_latent).
@@ -103,13 +105,15 @@ def encode_conditioning(prompts: LayerPrompts, encoder=None, embeddings: Optiona
 class LayerT2VPipeline:
     def __init__(self, dit: LayeredWanTransformer, vae, mask_vae, text_encoder=None, device="cpu", *,
                  memory_check: bool = True, offload_text_encoder: bool = True, dit_offload_device=None,
-                 compile_dit: bool = False, vae_tiling: TilingArg = "auto", attention: str = "sdpa"):
+                 compile_dit: bool = False, vae_tiling: TilingArg = "auto", attention: str = "sdpa",
+                 memory_reserve: int = 0):
         self.dit = dit
         self.vae = vae
         self.mask_vae = mask_vae
         self.text_encoder = text_encoder
         self.device = torch.device(device)
         self.memory_check = memory_check
+        self.memory_reserve = int(memory_reserve)
         self.offload_text_encoder = offload_text_encoder
         self.dit_offload_device = torch.device(dit_offload_device) if dit_offload_device is not None else None
         self.compile_dit = compile_dit
@@ -170,6 +174,12 @@ class LayerT2VPipeline:
                                         attention=self.attention,
                                         weights_loaded=self.dit.device.type == self.device.type)
 
+    def sampling_memory(self, layout: LayerLayout, conditioning: LayerConditioning,
+                        config: SamplerConfig) -> MemoryEstimate:
+        """The estimate sample_latent checks, for a host that wants to make room before it runs."""
+        guided = conditioning.uncond is not None and float(config.cfg) != 1.0
+        return self.estimate_memory(layout, self.dit.config.text_len, guided=guided)
+
     def sample_latent(
         self,
         layout: LayerLayout,
@@ -189,8 +199,8 @@ class LayerT2VPipeline:
         uncond = fit_text_len(conditioning.uncond, text_len) \
             if conditioning.uncond is not None and float(config.cfg) != 1.0 else None
         if self.memory_check:
-            estimate = self.estimate_memory(layout, text_len, guided=uncond is not None)
-            self.last_memory_estimate = check_memory(estimate, self.device)
+            estimate = self.sampling_memory(layout, conditioning, config)
+            self.last_memory_estimate = check_memory(estimate, self.device, reserve=self.memory_reserve)
         if self.dit_offload_device is not None and self.dit.device.type != self.device.type:
             self.dit.to(self.device)  # back from the offload device of the previous call
         self.last_sampling_stats = SamplingStats()
@@ -203,15 +213,17 @@ class LayerT2VPipeline:
                 _empty_cache(self.device)
 
     # ---- decoding ----------------------------------------------------------------------------
-    def decode(self, latent: torch.Tensor, layout: LayerLayout) -> LayerFrames:
+    def decode(self, latent: torch.Tensor, layout: LayerLayout, out_device=None) -> LayerFrames:
+        """Every layer decoded; the frames land on `out_device` (default: the VAE's device)."""
         check_latent_vae(layout, self.vae)
         parts = layout.split(latent)
         rgb, alpha = {}, {}
         for seg in layout.segments:
             if seg.kind == MASK:
-                alpha[seg.name] = decode_alpha(self.mask_vae, parts[seg.name], tiling=self.vae_tiling)[0, 0]
+                decoded = decode_alpha(self.mask_vae, parts[seg.name], tiling=self.vae_tiling)[0, 0]
+                alpha[seg.name] = decoded.to(out_device) if out_device is not None else decoded
             else:
-                rgb[seg.name] = decode_latent(self.vae, parts[seg.name], tiling=self.vae_tiling)
+                rgb[seg.name] = decode_latent(self.vae, parts[seg.name], tiling=self.vae_tiling, out_device=out_device)
         for seg in layout.segments_of_kind(MASK):
             # RGB and alpha decode separately; a valid premultiplied colour never exceeds its alpha.
             fg = f"{FOREGROUND}_{seg.foreground}"

@@ -42,7 +42,9 @@ class StepCacheConfig:
 def modulated_input(block, tokens: torch.Tensor, modulation: torch.Tensor, segments: int) -> torch.Tensor:
     """The first block's self-attention input (what TeaCache watches), per-segment modulation applied."""
     batch, seq, dim = tokens.shape
-    shift, scale = (block.scale_shift_table.float() + modulation).chunk(6, dim=2)[:2]
+    # Read outside the block's forward: a streamed block (offload.py) keeps this table on the CPU.
+    table = block.scale_shift_table.to(tokens.device)
+    shift, scale = (table.float() + modulation).chunk(6, dim=2)[:2]
     normed = block.norm1(tokens.float()).view(batch, segments, seq // segments, dim)
     return normed * (1 + scale) + shift
 

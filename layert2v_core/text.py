@@ -205,6 +205,11 @@ class TextEncoder:
         return pad_embedding(hidden, self.text_len)
 
     # ---- memory ------------------------------------------------------------------------------
+    def streamable_blocks(self) -> list:
+        """UMT5's encoder blocks: each uses only its own weights inside its forward (offload.py)."""
+        encoder = getattr(self.model, "encoder", None)
+        return list(getattr(encoder, "block", []))
+
     def offload(self) -> None:
         """Move the encoder to CPU; it comes back to `device` on the next uncached prompt."""
         if self.model is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import comfy.model_management as mm
 import torch
 from comfy_api.latest import io
 
@@ -9,6 +10,7 @@ from ..layert2v_core.export import composite_over, to_premultiplied, to_straight
 from ..layert2v_core.layout import BACKGROUND, FOREGROUND, FULL, LATENT_CHANNELS, MASK, LayerLayout, LayoutError
 from ..layert2v_core.pipeline import LayerT2VPipeline
 
+from . import model_management as models
 from .errors import LayerT2VInputError, check_finite, readable_errors, refuse
 from .sampling import GENERATION_KEY, LAYOUT_KEY
 from .types import CATEGORY, LayerSet, LayerVAE
@@ -73,8 +75,10 @@ def decode_all(layer_vae, latent: dict, node: str):
                      "decode each generation with its own Decode Layers node, or use Split Layers + VAE Decode, "
                      "which decode whole batches")
     pipe = LayerT2VPipeline(dit=None, vae=layer_vae.vae, mask_vae=layer_vae.mask_vae)
-    with torch.no_grad(), readable_errors(node):
-        layers = pipe.decode(layer_vae.to_normalized(latent["samples"].float()), layout)
+    with models.vae_loaded_during(layer_vae, layout.num_frames, layout.height, layout.width), torch.no_grad(), \
+            readable_errors(node):
+        layers = pipe.decode(layer_vae.to_normalized(latent["samples"].float()), layout,
+                             out_device=mm.intermediate_device())
     layers.generation = dict(latent.get(GENERATION_KEY, {}))
     return layers
 
@@ -146,8 +150,11 @@ class DecodeAlpha(io.ComfyNode):
             shape = None if samples is None else tuple(samples.shape)
             raise LayerT2VInputError(f"LayerT2V Decode Alpha: mask_latent must be one video latent "
                                      f"(1, {layert2v_vae.mask_vae.z_dim}, T, h, w) from Split Layers; got {shape}")
-        with torch.no_grad(), readable_errors("LayerT2V Decode Alpha"):
+        frames, height, width = 4 * (samples.shape[2] - 1) + 1, 8 * samples.shape[3], 8 * samples.shape[4]
+        with models.vae_loaded_during(layert2v_vae, frames * samples.shape[0], height, width), torch.no_grad(), \
+                readable_errors("LayerT2V Decode Alpha"):
             alpha = layert2v_vae.mask_vae.decode_alpha(layert2v_vae.to_normalized(samples.float()))
+        alpha = alpha.to(mm.intermediate_device())
         # A batch comes back whole, generation after generation along the frames (as VAE Decode does).
         return io.NodeOutput(alpha.reshape(-1, *alpha.shape[-2:]))
 

@@ -15,6 +15,7 @@ from ..layert2v_core.weights.layert2v_adapter import CONFIG_FILE
 from ..layert2v_core.weights.loading import DTYPES, LayerT2VModel, load_layer_vae, load_layered_dit, load_text_encoder
 
 from .errors import LayerT2VInputError, readable_errors
+from .model_management import manage_dit, manage_text_encoder, manage_vae
 from .types import CATEGORY, LayerModel, LayerTextEncoder, LayerVAE
 
 ADAPTER_FOLDER = "layert2v"
@@ -81,12 +82,6 @@ def resolve_model_file(folder: str, name: str, what: str) -> str:
     return path
 
 
-def device_for(choice: str) -> str:
-    import comfy.model_management as mm
-
-    return "cpu" if choice == "cpu" else str(mm.get_torch_device())
-
-
 class LoadLayerT2VModel(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -116,7 +111,7 @@ class LoadLayerT2VModel(io.ComfyNode):
             dit = load_layered_dit(path, resolve_adapter(adapter_name), dtype=dtype, device="cpu",
                                    use_ema=adapter_name.endswith(EMA_SUFFIX))
             model = LayerT2VModel.from_dit(dit, name=f"{dit_name} + {adapter_name}")
-            model.device = device_for(device)
+            manage_dit(model, device)  # ComfyUI moves it from here on
             if attention != DEFAULT_BACKEND:  # checked on the device it will run on
                 set_attention_backend(dit, attention, device=model.device)
         return io.NodeOutput(model)
@@ -142,7 +137,8 @@ class LoadLayerT2VVAE(io.ComfyNode):
     def execute(cls, vae_name, adapter_name, device) -> io.NodeOutput:
         with readable_errors("LayerT2V Load VAE + Mask VAE"):
             path = resolve_model_file("vae", vae_name, "vae_name")
-            layer_vae = load_layer_vae(path, resolve_adapter(adapter_name), device=device_for(device))
+            layer_vae = load_layer_vae(path, resolve_adapter(adapter_name), device="cpu")
+            manage_vae(layer_vae, device)
         return io.NodeOutput(layer_vae)
 
 
@@ -180,10 +176,16 @@ class LoadLayerT2VTextEncoder(io.ComfyNode):
     @classmethod
     def execute(cls, folder, text_len, dtype) -> io.NodeOutput:
         with readable_errors("LayerT2V Load Text Encoder"):
-            if folder == DEMO:
-                return io.NodeOutput(load_text_encoder(demo_path("text_encoders"), text_len=text_len, dtype=dtype))
-            for base in folder_paths.get_folder_paths("text_encoders"):
-                path = os.path.join(base, folder)
-                if os.path.isdir(path):
-                    return io.NodeOutput(load_text_encoder(path, text_len=text_len, dtype=dtype))
-            raise LayerT2VInputError(f"folder: {folder!r} is not in models/text_encoders/")
+            encoder = load_text_encoder(find_text_encoder_folder(folder), text_len=text_len, dtype=dtype)
+            manage_text_encoder(encoder)
+        return io.NodeOutput(encoder)
+
+
+def find_text_encoder_folder(folder: str) -> str:
+    if folder == DEMO:
+        return demo_path("text_encoders")
+    for base in folder_paths.get_folder_paths("text_encoders"):
+        path = os.path.join(base, folder)
+        if os.path.isdir(path):
+            return path
+    raise LayerT2VInputError(f"folder: {folder!r} is not in models/text_encoders/")

@@ -7,6 +7,7 @@ from comfy_api.latest import io
 from ..layert2v_core.pipeline import LayerPrompts, encode_conditioning
 from ..layert2v_core.text import check_prompt_text
 
+from . import model_management as models
 from .errors import LayerT2VInputError, readable_errors
 from .types import CATEGORY, LayerConditioning as LayerConditioningType, LayerTextEncoder
 
@@ -62,6 +63,7 @@ class LayerPromptsNode(io.ComfyNode):
                     "type wan) or `text_encoder` (LayerT2V Load Text Encoder)"
                 )
             if text_encoder is not None:
+                models.load([text_encoder])  # as ComfyUI's CLIP: it stays loaded until the room is needed
                 conditioning = encode_conditioning(prompts, encoder=text_encoder)
             else:
                 embeddings = {slot: encode_with_comfy_clip(clip, text) for slot, text in prompts.slots().items()}

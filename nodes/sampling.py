@@ -14,6 +14,7 @@ from ..layert2v_core.preview import latent_preview
 from ..layert2v_core.sampler import CFG_OUTSIDE, SAMPLERS, SamplerConfig, speed_summary
 from ..layert2v_core.variants import sample_layers
 
+from . import model_management as models
 from .errors import LayerT2VInputError, readable_errors
 from .conditional import LayerGiven, LayerTrajectory
 from .types import CATEGORY, LayerConditioning, LayerModel
@@ -87,8 +88,8 @@ class LayeredSampler(io.ComfyNode):
                     f"but this model expects {dit.text_dim}; use the text encoder that matches the model"
                 )
         pbar = comfy.utils.ProgressBar(steps)
+        models.load_for_sampling(pipe, layout, layer_conditioning, config, layert2v_model, layer_vae)
         try:
-            dit.to(layert2v_model.device)
             # A refusal raised before the first step (memory estimate, conditioning mismatch) is bad
             # input: one readable line. A cancel (InterruptProcessingException) passes through untouched.
             with readable_errors("LayerT2V Layered Sampler"):
@@ -99,8 +100,8 @@ class LayeredSampler(io.ComfyNode):
                     trajectory_end_step=trajectory.end_step if trajectory else 0,
                     callback=preview_callback(pbar, layout))
         finally:
-            dit.to(mm.unet_offload_device())  # offload after use, also when cancelled
-            mm.soft_empty_cache()
+            if layer_vae is not None:
+                models.unload(layer_vae)  # it only encoded the given layers
         samples = layert2v_model.to_raw(latent).to(mm.intermediate_device())
         generation = {"prompts": {**layer_conditioning.prompts, "negative": layer_conditioning.negative},
                       "seed": seed, "steps": steps, "cfg": cfg, "shift": shift, "sampler": sampler,

@@ -210,3 +210,51 @@ def test_tiled_decode_shape_range_and_restores_the_vae():
     assert torch.equal(decode_latent(vae, z, tiling="auto"), untiled)  # small frames: auto does not tile
     with pytest.raises(ValueError, match="tile_height=60"):
         VaeTiling(tile_height=60)
+
+
+# ---- VAE working memory (what ComfyUI frees before loading the VAE) --------------------------------
+VAE_MEASURE = r"""
+import ctypes, json, sys, torch
+ctypes.CDLL("libc.so.6").mallopt(-3, 65536)
+sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[1] + "/bench")
+from _common import PeakRSS
+from diffusers import AutoencoderKLWan
+from layert2v_core.memory import estimate_vae_memory
+from layert2v_core.vae_io import decode_latent, encode_frames
+torch.set_num_threads(2)
+torch.manual_seed(0)
+vae = AutoencoderKLWan().eval()  # the real Wan2.1 VAE's architecture (random weights)
+z = torch.randn(1, 16, 2, 16, 16)
+decode_latent(vae, z[..., :4, :4])  # warm-up
+with PeakRSS() as decode:
+    out = decode_latent(vae, z)
+with PeakRSS() as encode:
+    encode_frames(vae, out)
+print(json.dumps({"decode": decode.delta, "encode": encode.delta, "exact": decode.exact,
+                  "estimated": estimate_vae_memory(vae, *out.shape[:3])}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists() or sys.platform != "linux",
+                    reason="peak RSS is measured through /proc (Linux)")
+def test_vae_estimate_matches_the_measured_peak_of_the_wan21_vae():
+    result = subprocess.run([sys.executable, "-c", VAE_MEASURE, str(ROOT)], capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    numbers = json.loads(result.stdout.strip().splitlines()[-1])
+    if not numbers["exact"]:
+        pytest.skip("this kernel does not let a process reset its peak RSS")
+    assert numbers["decode"] > 100 * 2 ** 20   # 5 frames of 128x128: activations well above allocator noise
+    assert 1 / 1.5 <= numbers["decode"] / numbers["estimated"] <= 1.5, numbers
+    assert numbers["encode"] <= numbers["estimated"], numbers
+
+
+def test_vae_estimate_scales_with_the_frame_and_is_bounded_by_tiles():
+    vae = build_tiny_vae()
+    small, double = memory.estimate_vae_memory(vae, 5, 64, 64), memory.estimate_vae_memory(vae, 5, 128, 64)
+    clip = 5 * 64 * 64 * 3 * 4
+    assert double - 2 * clip == 2 * (small - clip)           # working memory: linear in the frame's pixels
+    assert memory.estimate_vae_memory(vae, 9, 64, 64) - small == 4 * 64 * 64 * 3 * 4  # frames only add the clip
+    big = memory.estimate_vae_memory(vae, 1, 1024, 1024)            # "auto" tiles above 480x832: 256-pixel tiles
+    untiled = memory.estimate_vae_memory(vae, 1, 1024, 1024, tiling=None)
+    assert big - 1024 * 1024 * 12 == (untiled - 1024 * 1024 * 12) // 16

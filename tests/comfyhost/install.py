@@ -25,6 +25,7 @@ import fcntl
 import hashlib
 import importlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -162,7 +163,7 @@ def _fingerprint() -> dict:
         "extra_requirements": [*EXTRA_REQUIREMENTS, TORCHAUDIO],
         "host_constraints_sha256": _sha256(HOST_CONSTRAINTS),
         "shim_sha256": _sha256(SHIM_SOURCE),
-        "venv": sys.prefix,
+        "venv": os.path.realpath(sys.prefix),  # git worktrees reach one venv through their own .venv links
     }
 
 
@@ -173,6 +174,7 @@ def _up_to_date() -> bool:
     except (OSError, ValueError):
         return False
     site = Path(sysconfig.get_path("purelib"))
+    recorded["venv"] = os.path.realpath(recorded.get("venv", ""))  # markers written before realpath was used
     return (
         recorded == _fingerprint()
         and all((h.comfy_dir / "main.py").is_file() for h in HOSTS.values())
