@@ -25,6 +25,7 @@ import fcntl
 import hashlib
 import importlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -162,7 +163,7 @@ def _fingerprint() -> dict:
         "extra_requirements": [*EXTRA_REQUIREMENTS, TORCHAUDIO],
         "host_constraints_sha256": _sha256(HOST_CONSTRAINTS),
         "shim_sha256": _sha256(SHIM_SOURCE),
-        "venv": sys.prefix,
+        "venv": os.path.realpath(sys.prefix),  # worktrees reach one venv through symlinks: one install
     }
 
 
