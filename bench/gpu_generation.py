@@ -44,6 +44,7 @@ from layert2v_core.attention_backend import (BACKENDS, AttentionBackendError, ch
                                              set_attention_backend)
 from layert2v_core.config import LayerT2VConfig  # noqa: E402
 from layert2v_core.dit import LayeredWanTransformer  # noqa: E402
+from layert2v_core.job_time import dit_flops, vanilla_flops  # noqa: E402  (the sampler's own FLOP count)
 from layert2v_core.layout import LayerLayout  # noqa: E402
 from layert2v_core.mask_vae import MaskVAE  # noqa: E402
 from layert2v_core.pipeline import LayerConditioning, LayerT2VPipeline  # noqa: E402
@@ -344,27 +345,6 @@ class Bench:
         if self.args.json:
             Path(self.args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(self.args.json).write_text(json.dumps({"rows": self.rows, "results": self.results}, indent=1, default=str))
-
-
-# ---- FLOPs (multiply-add = 2) ------------------------------------------------------------------------
-def _block_flops(tokens: int, dim: int, ffn: int, cross: list[tuple[int, int]]) -> float:
-    """One Wan block: self-attn projections + scores, FFN, and cross-attention per (queries, text rows)."""
-    flops = 4 * 2 * tokens * dim * dim + 2 * 2 * tokens * tokens * dim + 2 * 2 * tokens * dim * ffn
-    for queries, text in cross:
-        flops += 2 * 2 * queries * dim * dim + 2 * 2 * text * dim * dim + 2 * 2 * queries * text * dim
-    return flops
-
-
-def dit_flops(layout: LayerLayout, dit: LayeredWanTransformer, text_len: int, batch: int) -> float:
-    cfg = dit.base.config
-    dim, per_seg = cfg.num_attention_heads * cfg.attention_head_dim, layout.tokens_per_segment
-    cross = [(per_seg * len(group), text_len * len(visible)) for visible, group in layout.routing_groups()]
-    return batch * cfg.num_layers * _block_flops(layout.num_tokens, dim, cfg.ffn_dim, cross)
-
-
-def vanilla_flops(tokens: int, cfg, text_len: int, batch: int) -> float:
-    dim = cfg.num_attention_heads * cfg.attention_head_dim
-    return batch * cfg.num_layers * _block_flops(tokens, dim, cfg.ffn_dim, [(tokens, text_len)])
 
 
 def main() -> None:

@@ -14,8 +14,8 @@ EXAMPLE = ("python -m layert2v_core generate --prompt 'a red circle over blue st
            "--fg-prompt 'a red circle' --dit DIT.safetensors --vae VAE.safetensors --adapter ADAPTER "
            "--text-encoder TEXT_ENCODER_DIR --out out/")
 WEIGHT_KEYS = ("dit", "vae", "adapter", "text_encoder")
-# Sampling defaults per model: the demo model was evaluated at these (training/eval_demo.py).
-SAMPLING_DEFAULTS = {"demo": {"steps": 20, "cfg": 4.0, "shift": 3.0}, "given": {"steps": 30, "cfg": 5.0, "shift": 5.0}}
+MODEL_SETTINGS = ("width", "height", "frames", "steps", "cfg", "shift", "dtype")  # default: the model's (recommended.py)
+MODELS_OWN = "default: the model's own (the adapter config's; else Wan2.1's)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,12 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--bg-prompt", required=True, help="the clean background layer")
     gen.add_argument("--fg-prompt", action="append", required=True, help="one per foreground layer (repeat for K > 1)")
     gen.add_argument("--negative", default="", help="negative prompt, used for every layer")
-    gen.add_argument("--frames", type=int, default=17, help="4k+1 frames per layer")
-    gen.add_argument("--width", type=int, default=64)
-    gen.add_argument("--height", type=int, default=64)
-    gen.add_argument("--steps", type=int, default=None, help="default 20 on the built-in demo model, else 30")
-    gen.add_argument("--cfg", type=float, default=None, help="default 4 on the built-in demo model, else 5")
-    gen.add_argument("--shift", type=float, default=None, help="default 3 on the built-in demo model, else 5")
+    gen.add_argument("--frames", type=int, default=None, help="4k+1 frames per layer; " + MODELS_OWN)
+    gen.add_argument("--width", type=int, default=None, help=MODELS_OWN)
+    gen.add_argument("--height", type=int, default=None, help=MODELS_OWN)
+    gen.add_argument("--steps", type=int, default=None, help=MODELS_OWN)
+    gen.add_argument("--cfg", type=float, default=None, help=MODELS_OWN)
+    gen.add_argument("--shift", type=float, default=None, help=MODELS_OWN)
     gen.add_argument("--sampler", default="unipc", choices=["euler", "unipc"])
     gen.add_argument("--seed", type=int, default=0)
     speed = gen.add_argument_group("speed (README: speed and benchmarks)")
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--adapter", help="LayerT2V adapter (folder or .safetensors) or the authors' checkpoint folder")
     gen.add_argument("--use-ema", action="store_true", help="an authors' checkpoint folder's EMA weights (ema/ema_model.pt)")
     gen.add_argument("--text-encoder", help="folder with the UMT5 encoder and its tokenizer")
-    gen.add_argument("--dtype", default="fp32", choices=["bf16", "fp16", "fp32"])
+    gen.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="auto: " + MODELS_OWN)
     gen.add_argument("--device", default="cpu")
     gen.add_argument("--out", required=True, help="output folder; one sub-folder per generation")
     given = gen.add_argument_group("conditional generation (layers you already have are kept)")
@@ -113,7 +113,7 @@ def resolve_weights(args) -> dict:
         except FileNotFoundError as exc:
             raise SystemExit(f"error: no weights given and {exc}. Nothing is downloaded: give local files, e.g.\n  {EXAMPLE}")
         print("no weights given: using the built-in demo model (64x64, 17 frames, synthetic shapes)", file=sys.stderr)
-        return {**paths, "demo": True}
+        return paths
     missing = [f"--{k.replace('_', '-')}" for k, v in given.items() if not v]
     if missing:
         raise SystemExit(
@@ -123,13 +123,16 @@ def resolve_weights(args) -> dict:
     for key, value in given.items():
         if not Path(value).exists():
             raise SystemExit(f"error: --{key.replace('_', '-')} {value!r} does not exist")
-    return {**given, "demo": False}
+    return given
 
 
-def apply_sampling_defaults(args, demo: bool) -> None:
-    for key, value in SAMPLING_DEFAULTS["demo" if demo else "given"].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+def apply_model_settings(args, config) -> None:
+    """Every setting left out (None) or "auto" becomes the model's recommended one."""
+    from .recommended import SamplingSettings
+
+    chosen = SamplingSettings.of(config).fill(**{key: getattr(args, key) for key in MODEL_SETTINGS})
+    for key, value in chosen.items():
+        setattr(args, key, value)
 
 
 def generate(args) -> Path:
@@ -140,15 +143,16 @@ def generate(args) -> Path:
     from .variants import sample_layers
 
     weights = resolve_weights(args)
-    apply_sampling_defaults(args, weights["demo"])
     prompts = LayerPrompts(args.prompt, args.bg_prompt, list(args.fg_prompt), negative=args.negative)
+    prompts.validate()
+
+    dit = load_layered_dit(weights["dit"], weights["adapter"], dtype=args.dtype, device=args.device,
+                           use_ema=args.use_ema)
+    apply_model_settings(args, dit.config)
     config = SamplerConfig(steps=args.steps, cfg=args.cfg, shift=args.shift, sampler=args.sampler, seed=args.seed,
                            cache_threshold=args.step_cache, cfg_start=args.cfg_start, cfg_end=args.cfg_end,
                            cfg_outside=args.cfg_outside)
     config.validate()
-    prompts.validate()
-
-    dit = load_layered_dit(weights["dit"], weights["adapter"], dtype=args.dtype, device=args.device, use_ema=args.use_ema)
     if args.attention != "sdpa":
         from .attention_backend import set_attention_backend
 

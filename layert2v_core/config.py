@@ -29,6 +29,9 @@ class LayerT2VConfig:
     dit_lora_targets: tuple[str, ...] = DIT_LORA_TARGETS
     mask_vae_lora_rank: int = 128
     mask_vae_lora_alpha: float = 128.0
+    # What the model is sampled at (recommended.SamplingSettings fields: width, height, frames, steps,
+    # cfg, shift, dtype); a key left out is the base model's (Wan2.1-T2V-1.3B).
+    sampling: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # free-form provenance (training run, base model name, ...)
 
     def __post_init__(self):

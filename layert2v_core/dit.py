@@ -138,6 +138,7 @@ class LayeredWanTransformer(nn.Module):
         context: torch.Tensor,
         layout: LayerLayout,
         blocks=None,
+        after_block=None,
     ) -> torch.Tensor:
         """Velocity for a serialized latent.
 
@@ -146,6 +147,8 @@ class LayeredWanTransformer(nn.Module):
         context:  (B, P, text_len, text_dim) text embeddings, P prompt slots in layout.prompt_names order.
         blocks:   optional stand-in for the block stack, called as blocks(self, tokens, modulation,
                   segments, run_blocks): a step cache (step_cache.py) may reuse an earlier residual.
+        after_block: optional callable, called with no arguments after every block: it may raise to
+                  cancel (a host's interrupt check), so a cancel waits for one block, not one forward.
         """
         base = self.base
         batch = latent.shape[0]
@@ -179,10 +182,10 @@ class LayeredWanTransformer(nn.Module):
 
         routes = self._routes(layout, context.device, self._prompt_lengths(context))
         if blocks is None:
-            tokens = self._run_blocks(tokens, text, modulation, rotary, routes, segments)
+            tokens = self._run_blocks(tokens, text, modulation, rotary, routes, segments, after_block)
         else:
             tokens = blocks(self, tokens, modulation, segments,
-                            lambda x: self._run_blocks(x, text, modulation, rotary, routes, segments))
+                            lambda x: self._run_blocks(x, text, modulation, rotary, routes, segments, after_block))
 
         shift, scale = (base.scale_shift_table.float() + temb.float()).chunk(2, dim=2)  # (B, L, 1, d)
         normed = base.norm_out(tokens.float()).view(batch, segments, -1, tokens.shape[-1])
@@ -192,13 +195,15 @@ class LayeredWanTransformer(nn.Module):
         tokens = tokens.reshape(batch, frames, height, width, p_t, p_h, p_w, -1)
         return tokens.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3)
 
-    def _run_blocks(self, tokens, text, modulation, rotary, routes, segments):
+    def _run_blocks(self, tokens, text, modulation, rotary, routes, segments, after_block=None):
         for block in self.base.blocks:
             # Through the block's own forward: an FSDP or checkpoint wrapper around it sees every weight used.
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 tokens = checkpoint(block, tokens, text, modulation, rotary, routes, segments, use_reentrant=False)
             else:
                 tokens = block(tokens, text, modulation, rotary, routes, segments)
+            if after_block is not None:
+                after_block()
         return tokens
 
     def _prompt_lengths(self, context: torch.Tensor) -> tuple[list[list[int]], int] | None:

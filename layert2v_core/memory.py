@@ -71,6 +71,17 @@ class DiTShape:
                    params=layers * per_block + embed + dim * in_ch * patch)
 
     @classmethod
+    def of(cls, model) -> "DiTShape":
+        """A DiTShape, a DiT module (LayeredWanTransformer, WanTransformer3DModel) or a DiT config
+        (dict or object, also as `model.base.config`)."""
+        if isinstance(model, DiTShape):
+            return model
+        if hasattr(model, "parameters"):
+            return cls.from_model(model)
+        base = getattr(model, "base", model)
+        return cls.from_config(getattr(base, "config", base))
+
+    @classmethod
     def from_model(cls, dit) -> "DiTShape":
         """A LayeredWanTransformer or a diffusers WanTransformer3DModel: config + real parameter count."""
         base = getattr(dit, "base", dit)
@@ -132,12 +143,7 @@ def estimate_sampling_memory(
     """
     if attention not in ATTENTION_KINDS:
         raise ValueError(f"attention={attention!r} is not valid: choose one of {', '.join(ATTENTION_KINDS)}")
-    if isinstance(model, DiTShape):
-        shape = model
-    elif isinstance(model, (dict,)) or not hasattr(model, "parameters"):
-        shape = DiTShape.from_config(model)
-    else:
-        shape = DiTShape.from_model(model)
+    shape = DiTShape.of(model)
     e, f = element_size(dtype), 4
     B, S, d, F, H = (2 if cfg else 1), layout.num_tokens, shape.dim, shape.ffn_dim, shape.heads
     prompts = len(layout.prompt_names)

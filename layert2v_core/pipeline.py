@@ -6,6 +6,8 @@ Memory and speed options (keyword-only, all off or automatic by default so exist
 same results):
 - memory_check: before sampling, estimate the peak (memory.py) and refuse a job that cannot fit,
   naming width/height/frames/K and the estimated vs available GiB.
+- time_limit: seconds; before sampling, estimate the run time on this device (job_time.py) and refuse
+  a job estimated longer, with its estimate (None: no estimate; math.inf: estimate, never refuse).
 - offload_text_encoder: after encoding, move an accelerator-resident text encoder to the CPU so the
   DiT has the device to itself (the embedding cache in text.py keeps repeated prompts free).
 - dit_offload_device: after sampling (also when cancelled), move the DiT there (e.g. "cpu") so the
@@ -19,6 +21,7 @@ same results):
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -26,11 +29,14 @@ import torch
 
 from .dit import LayeredWanTransformer
 from .layout import BACKGROUND, FOREGROUND, FULL, MASK, LayerLayout
+from .job_time import TimeEstimate, check_time, estimate_sampling_time
 from .model_geometry import check_latent_vae, layout_geometry
 from .memory import MemoryEstimate, check_memory, estimate_sampling_memory
 from .sampler import Guidance, SamplerConfig, SamplingStats, StepState, sample
 from .text import encode_layer_prompts, fit_text_len
 from .vae_io import TilingArg, decode_alpha, decode_latent, encode_frames
+
+logger = logging.getLogger("layert2v")  # hosts such as ComfyUI show logging, not prints
 
 
 @dataclass
@@ -106,7 +112,7 @@ class LayerT2VPipeline:
     def __init__(self, dit: LayeredWanTransformer, vae, mask_vae, text_encoder=None, device="cpu", *,
                  memory_check: bool = True, offload_text_encoder: bool = True, dit_offload_device=None,
                  compile_dit: bool = False, vae_tiling: TilingArg = "auto", attention: str = "sdpa",
-                 memory_reserve: int = 0):
+                 memory_reserve: int = 0, time_limit: Optional[float] = None):
         self.dit = dit
         self.vae = vae
         self.mask_vae = mask_vae
@@ -119,7 +125,9 @@ class LayerT2VPipeline:
         self.compile_dit = compile_dit
         self.vae_tiling = vae_tiling
         self.attention = attention              # what the memory estimate assumes: "sdpa" or "math"
+        self.time_limit = time_limit
         self.last_memory_estimate: Optional[MemoryEstimate] = None
+        self.last_time_estimate: Optional[TimeEstimate] = None
         self.last_sampling_stats: Optional[SamplingStats] = None  # forwards run by the last sample_latent
         self._compiled = None
 
@@ -158,9 +166,10 @@ class LayerT2VPipeline:
         dit = self.dit
         forward = self._compiled_dit() if self.compile_dit else dit
 
-        def velocity(x, t, context, blocks=None):
+        def velocity(x, t, context, blocks=None, after_block=None):
             with torch.no_grad():
-                return forward(x.to(dit.dtype), t, context.to(dit.dtype), layout, blocks=blocks)
+                return forward(x.to(dit.dtype), t, context.to(dit.dtype), layout, blocks=blocks,
+                               after_block=after_block)
         return velocity
 
     def _compiled_dit(self):
@@ -188,7 +197,9 @@ class LayerT2VPipeline:
         given: Optional[dict[str, torch.Tensor]] = None,
         callback: Optional[Callable[[StepState], None]] = None,
         guidance: Optional[Guidance] = None,
+        after_block: Optional[Callable[[], None]] = None,
     ) -> torch.Tensor:
+        """after_block: called after every DiT block (a host's interrupt check may raise there)."""
         if conditioning.num_foregrounds != layout.num_foregrounds:
             raise ValueError(
                 f"conditioning has {conditioning.num_foregrounds} foreground prompt(s) but the layout has "
@@ -201,12 +212,20 @@ class LayerT2VPipeline:
         if self.memory_check:
             estimate = self.sampling_memory(layout, conditioning, config)
             self.last_memory_estimate = check_memory(estimate, self.device, reserve=self.memory_reserve)
+        if self.time_limit is not None:
+            estimate = estimate_sampling_time(layout, self.dit, config, text_len, uncond is not None, self.device,
+                                              self.dit.dtype)
+            logger.info("LayerT2V: sampling %dx%d, %d frames, K=%d, %d steps, CFG %g, shift %g: %s", layout.width,
+                        layout.height, layout.num_frames, layout.num_foregrounds, config.steps, config.cfg,
+                        config.shift, estimate.describe())
+            self.last_time_estimate = check_time(estimate, self.time_limit)
         if self.dit_offload_device is not None and self.dit.device.type != self.device.type:
             self.dit.to(self.device)  # back from the offload device of the previous call
         self.last_sampling_stats = SamplingStats()
         try:
             return sample(self.denoiser(layout), layout, cond, uncond, config, given=given, callback=callback,
-                          device=self.device, guidance=guidance, stats=self.last_sampling_stats)
+                          device=self.device, guidance=guidance, stats=self.last_sampling_stats,
+                          after_block=after_block)
         finally:
             if self.dit_offload_device is not None:
                 self.dit.to(self.dit_offload_device)

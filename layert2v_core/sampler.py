@@ -156,12 +156,15 @@ def sample(
     device: torch.device | str = "cpu",
     guidance: Optional[Guidance] = None,
     stats: Optional[SamplingStats] = None,
+    after_block: Optional[Callable[[], None]] = None,
 ) -> torch.Tensor:
     """Integrate the flow ODE from shared noise to a clean serialized latent (B=1, float32).
 
     cond / uncond: (1, P, text_len, dim) prompt embeddings in layout.prompt_names order. A callback may
     raise to cancel; the exception propagates before any further model call. With the step cache on,
-    the denoiser is called as denoiser(x, t, context, blocks=...) (see LayeredWanTransformer.forward).
+    the denoiser is called as denoiser(x, t, context, blocks=...) (see LayeredWanTransformer.forward);
+    with `after_block` (called after every DiT block, e.g. a host's interrupt check that raises) as
+    denoiser(..., after_block=after_block).
     """
     config.validate()
     guided = uncond is not None and float(config.cfg) != 1.0
@@ -188,6 +191,7 @@ def sample(
     timesteps = scheduler.timesteps
     sigmas = scheduler.sigmas
 
+    options = {"after_block": after_block} if after_block is not None else {}
     for i, t in enumerate(timesteps):
         sigma = float(sigmas[i])
         if given:
@@ -202,10 +206,11 @@ def sample(
         t_in = t_segments.expand(x_in.shape[0], segments)
         context_now = context if guided_now or not guided else cond_only
         if cache is None:
-            v = denoiser(x_in, t_in, context_now).float()
+            v = denoiser(x_in, t_in, context_now, **options).float()
         else:
             skipped_before = cache.skipped
-            v = denoiser(x_in, t_in, context_now, blocks=cache.runner(force=i in (0, len(timesteps) - 1))).float()
+            v = denoiser(x_in, t_in, context_now, blocks=cache.runner(force=i in (0, len(timesteps) - 1)),
+                         **options).float()
             stats.cached_steps += cache.skipped - skipped_before
         stats.steps += 1
         stats.model_calls += 1

@@ -108,8 +108,10 @@ def sample_layers(
     trajectory_strength: float = 0.8,
     trajectory_end_step: int = 10,
     callback: Optional[Callable[[StepState], None]] = None,
+    after_block: Optional[Callable[[], None]] = None,
 ) -> torch.Tensor:
-    """One joint pass with optional given layers and per-foreground trajectories -> normalized latent."""
+    """One joint pass with optional given layers and per-foreground trajectories -> normalized latent.
+    after_block: called after every DiT block (LayerT2VPipeline.sample_latent)."""
     if trajectories:  # before any encoding: a cheap refusal first
         check_foregrounds(trajectories, layout)
     given_latents = encode_given(pipe, layout, given) if given is not None and not given.is_empty() else None
@@ -117,7 +119,8 @@ def sample_layers(
     if trajectories:
         targets, _ = trajectory_targets(pipe.mask_vae, trajectories, layout)
         guidance = TrajectoryGuidance(layout, targets, trajectory_strength, trajectory_end_step)
-    return pipe.sample_latent(layout, conditioning, config, given=given_latents, callback=callback, guidance=guidance)
+    return pipe.sample_latent(layout, conditioning, config, given=given_latents, callback=callback, guidance=guidance,
+                              after_block=after_block)
 
 
 def generate_layers(pipe: LayerT2VPipeline, layout: LayerLayout, conditioning: LayerConditioning,

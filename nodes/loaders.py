@@ -9,6 +9,8 @@ from comfy_api.latest import io
 
 from ..layert2v_core import demo_model
 from ..layert2v_core.attention_backend import BACKENDS, DEFAULT_BACKEND, describe, set_attention_backend
+from ..layert2v_core.config import LayerT2VConfig
+from ..layert2v_core.recommended import AUTO, AUTO_DTYPE, SamplingSettings
 from ..layert2v_core.weights.authors_folder import ADAPTER_CONFIG, EMA_FILE
 from ..layert2v_core.weights.checkpoint import is_checkpoint_folder
 from ..layert2v_core.weights.layert2v_adapter import CONFIG_FILE
@@ -23,6 +25,7 @@ NO_ADAPTER = "none (untrained layers)"
 EMA_SUFFIX = " (EMA weights)"  # an authors' folder listed a second time: its ema/ema_model.pt instead of the adapter
 DEMO = demo_model.DEMO_NAME  # the built-in demo model: listed first in every loader, so it is the default
 DEMO_KEYS = {"diffusion_models": "dit", "vae": "vae", ADAPTER_FOLDER: "adapter", "text_encoders": "text_encoder"}
+DTYPE_CHOICES = [AUTO_DTYPE, *DTYPES]  # auto: what the model's checkpoint config recommends (recommended.py)
 
 
 def with_demo(options: list[str]) -> list[str]:
@@ -96,7 +99,8 @@ class LoadLayerT2VModel(io.ComfyNode):
             inputs=[
                 io.Combo.Input("dit_name", options=with_demo(folder_paths.get_filename_list("diffusion_models"))),
                 io.Combo.Input("adapter_name", options=with_demo(list_adapters()) + [NO_ADAPTER]),
-                io.Combo.Input("dtype", options=list(DTYPES), default="bf16"),
+                io.Combo.Input("dtype", options=DTYPE_CHOICES, default=AUTO_DTYPE,
+                               tooltip="auto: the one the adapter's config recommends (else Wan2.1's bf16)"),
                 io.Combo.Input("device", options=["auto", "cpu"], default="auto"),
                 io.Combo.Input("attention", options=list(BACKENDS), default=DEFAULT_BACKEND, optional=True,
                                tooltip="attention kernel; " + describe()),
@@ -167,8 +171,10 @@ class LoadLayerT2VTextEncoder(io.ComfyNode):
                         "how many tokens are encoded.",
             inputs=[
                 io.Combo.Input("folder", options=with_demo(list_text_encoder_folders())),
-                io.Int.Input("text_len", default=512, min=1, max=512),
-                io.Combo.Input("dtype", options=list(DTYPES), default="bf16"),
+                io.Int.Input("text_len", default=AUTO, min=0, max=512,
+                             tooltip="most tokens per prompt; 0 = the model's own text length"),
+                io.Combo.Input("dtype", options=DTYPE_CHOICES, default=AUTO_DTYPE,
+                               tooltip="auto: the model's own"),
             ],
             outputs=[LayerTextEncoder.Output(display_name="text_encoder")],
         )
@@ -176,6 +182,10 @@ class LoadLayerT2VTextEncoder(io.ComfyNode):
     @classmethod
     def execute(cls, folder, text_len, dtype) -> io.NodeOutput:
         with readable_errors("LayerT2V Load Text Encoder"):
+            # An encoder folder has no LayerT2V config: the demo's is its model's, any other is Wan2.1's.
+            model = demo_model.checkpoint_config() if folder == DEMO else LayerT2VConfig()
+            text_len = text_len if text_len != AUTO else model.text_len
+            dtype = SamplingSettings.of(model).fill(dtype=dtype)["dtype"]
             encoder = load_text_encoder(find_text_encoder_folder(folder), text_len=text_len, dtype=dtype)
             manage_text_encoder(encoder)
         return io.NodeOutput(encoder)

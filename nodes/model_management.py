@@ -25,8 +25,8 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import torch
 
-from layert2v_core.memory import estimate_vae_memory
-from layert2v_core.offload import WeightPlacement
+from ..layert2v_core.memory import estimate_vae_memory
+from ..layert2v_core.offload import WeightPlacement
 
 PATCHER_ATTR = "comfy_patcher"   # where a loaded model object carries its patcher
 logger = logging.getLogger("layert2v")

@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
-from layert2v_core.demo_model import DEMO_DIR, NATIVE_SIZE, demo_model_paths
+from layert2v_core.demo_model import DEMO_DIR, checkpoint_config, demo_model_paths
 from layert2v_core.weights.loading import load_layer_vae, load_layered_dit, load_text_encoder
 from layert2v_core.pipeline import LayerPrompts, LayerT2VPipeline
+from layert2v_core.recommended import SamplingSettings
 from layert2v_core.sampler import SamplerConfig
 
 MAX_SHIPPED_BYTES = 25 * 1024 * 1024
@@ -42,7 +43,8 @@ def test_shipped_files_are_small_safetensors_with_a_manifest():
                  ["a green square moving down", "a pink ring moving left", "a white triangle moving up"]),
 ], ids=["1fg", "3fg"])
 def test_demo_model_generates_real_layers_at_native_size(pipeline, prompts):
-    f, h, w = NATIVE_SIZE["num_frames"], NATIVE_SIZE["height"], NATIVE_SIZE["width"]
+    native = SamplingSettings.of(checkpoint_config())
+    f, h, w = native.frames, native.height, native.width
     with torch.no_grad():
         layers = pipeline(prompts, f, h, w, SamplerConfig(steps=8, cfg=4.0, shift=3.0, seed=0))
     for name, rgb in layers.rgb.items():

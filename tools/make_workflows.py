@@ -10,30 +10,38 @@ every file back to API form against the live server's /object_info, so a wrong o
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
-WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from layert2v_core.recommended import AUTO, AUTO_DTYPE  # noqa: E402  (0 / "auto": the model's own)
+
+WORKFLOWS = ROOT / "workflows"
 # The built-in demo model (layert2v_core/demo_model/), listed under this name by every loader node.
 DEMO_MODEL = "layert2v-demo (built-in)"
 DEMO = {"dit": DEMO_MODEL, "vae": DEMO_MODEL, "adapter": DEMO_MODEL, "text": DEMO_MODEL}
 NEGATIVE = ""                    # the demo model learnt CFG against the empty prompt (text dropout)
-DEMO_TEXT_LEN = 32               # the demo text encoder's training length
-DEMO_CFG, DEMO_SHIFT = 4.0, 3.0  # what training/eval_demo.py measured the demo model at
+# Layered Sampler width, height, frames, steps, cfg, shift: the loaded model's own (its checkpoint config),
+# so a template fits whichever model the loaders pick.
+MODEL_SETTINGS = [AUTO] * 4 + [float(AUTO)] * 2
+SEED_CONTROL = "randomize"       # each Run makes a new generation (the first one uses the seed shown)
 ATTENTION = "sdpa"               # Load Model's attention kernel: PyTorch's own, on every machine
 SPEED = [0.0, 1.0, "skip"]       # Layered Sampler: step_cache off, guidance on every step (bench: README)
 SAVE_SWITCHES = [True, False, False, True, False, True, False]  # png16 png8 exr_half prores webm h264 exr_multilayer
 
 # (id, type, [widget values in schema order], {input name: (type, from id, from slot)}, [(output name, type)])
-def layered(num_fg: int, prompts: list[str], size=(64, 64), frames=17, steps=20) -> list:
+def layered(num_fg: int, prompts: list[str]) -> list:
     fg_values = (prompts[2:] + [""] * 3)[:3]
     return [
-        (1, "LayerT2VLoadModel", [DEMO["dit"], DEMO["adapter"], "fp32", "auto", ATTENTION], {},
+        (1, "LayerT2VLoadModel", [DEMO["dit"], DEMO["adapter"], AUTO_DTYPE, "auto", ATTENTION], {},
          [("layert2v_model", "LAYERT2V_MODEL")]),
         (2, "LayerT2VLoadVAE", [DEMO["vae"], DEMO["adapter"], "auto"], {}, [("layert2v_vae", "LAYERT2V_VAE")]),
-        (3, "LayerT2VLoadTextEncoder", [DEMO["text"], DEMO_TEXT_LEN, "fp32"], {}, [("text_encoder", "LAYERT2V_TEXT_ENCODER")]),
+        (3, "LayerT2VLoadTextEncoder", [DEMO["text"], AUTO, AUTO_DTYPE], {},
+         [("text_encoder", "LAYERT2V_TEXT_ENCODER")]),
         (4, "LayerT2VPrompts", [num_fg, prompts[0], prompts[1], *fg_values, NEGATIVE],
          {"text_encoder": ("LAYERT2V_TEXT_ENCODER", 3, 0)}, [("layer_conditioning", "LAYERT2V_CONDITIONING")]),
-        (5, "LayerT2VSampler", [size[0], size[1], frames, steps, DEMO_CFG, DEMO_SHIFT, "unipc", 42, "fixed", *SPEED],
+        (5, "LayerT2VSampler", [*MODEL_SETTINGS, "unipc", 42, SEED_CONTROL, *SPEED],
          {"layert2v_model": ("LAYERT2V_MODEL", 1, 0), "layer_conditioning": ("LAYERT2V_CONDITIONING", 4, 0)},
          [("layered_latent", "LATENT")]),
         (6, "LayerT2VDecodeLayers", [], {"layered_latent": ("LATENT", 5, 0), "layert2v_vae": ("LAYERT2V_VAE", 2, 0)},
@@ -71,7 +79,7 @@ def with_given(spec: list, wire: str, prompts: list[str], prefix: str) -> list:
         (8, "LayerT2VGivenLayers", [1, "straight", "replace"], given_links, [("given", "LAYERT2V_GIVEN")]),
         (11, "LayerT2VPrompts", [1, prompts[0], prompts[1], *fg_values, NEGATIVE],
          {"text_encoder": ("LAYERT2V_TEXT_ENCODER", 3, 0)}, [("layer_conditioning", "LAYERT2V_CONDITIONING")]),
-        (9, "LayerT2VSampler", [64, 64, 17, 20, DEMO_CFG, DEMO_SHIFT, "unipc", 7, "fixed", *SPEED],
+        (9, "LayerT2VSampler", [*MODEL_SETTINGS, "unipc", 7, SEED_CONTROL, *SPEED],
          {"layert2v_model": ("LAYERT2V_MODEL", 1, 0), "layer_conditioning": ("LAYERT2V_CONDITIONING", 11, 0),
           "given": ("LAYERT2V_GIVEN", 8, 0)}, [("layered_latent", "LATENT")]),
         (12, "LayerT2VDecodeLayers", [], {"layered_latent": ("LATENT", 9, 0), "layert2v_vae": ("LAYERT2V_VAE", 2, 0)},

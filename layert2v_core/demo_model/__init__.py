@@ -9,7 +9,6 @@ from pathlib import Path
 
 DEMO_DIR = Path(__file__).resolve().parent
 DEMO_NAME = "layert2v-demo (built-in)"     # the entry the ComfyUI loaders list
-NATIVE_SIZE = {"num_frames": 17, "height": 64, "width": 64}
 FILES = {"dit": "dit.safetensors", "vae": "vae.safetensors", "adapter": "adapter", "text_encoder": "text_encoder"}
 
 
@@ -23,6 +22,15 @@ def demo_model_paths(required: bool = True) -> dict[str, str]:
                                     f"rebuild it with `make demo-model`")
         return {}
     return {k: str(p) for k, p in paths.items()}
+
+
+def checkpoint_config():
+    """The demo adapter's LayerT2VConfig: its text_len and the settings it is sampled at (`sampling`)."""
+    from ..config import LayerT2VConfig
+    from ..weights.layert2v_adapter import CONFIG_FILE
+
+    path = DEMO_DIR / FILES["adapter"] / CONFIG_FILE
+    return LayerT2VConfig.from_json(path.read_text(encoding="utf-8"), path.name)
 
 
 def is_available() -> bool:

@@ -57,6 +57,9 @@ AUTHORS_ROUTING = "official"
 AUTHORS_TEXT_PADDING = "mask"
 AUTHORS_TEXT_LEN = 512
 AUTHORS_MASK_LORA_DEFAULTS = (4, 1.0)   # their build_decoder_from_state defaults when config lacks them
+# The paper's training and inference size (384x672, 41 frames per layer); steps, CFG and shift are
+# Wan2.1's (UniPC, shift 5, CFG 5 in their code too).
+AUTHORS_SAMPLING = {"width": 672, "height": 384, "frames": 41}
 
 _PEFT_PREFIX = "base_model.model."
 _LORA_KEY = re.compile(r"^(?P<path>.+)\.(?P<role>lora_A|lora_B|lora_down|lora_up)(?:\.[^.]+)?\.weight$")
@@ -111,6 +114,7 @@ def import_authors_checkpoint(folder: str | Path, use_ema: bool = False) -> Laye
         dit_lora_targets=lora_targets(dit_state) or LayerT2VConfig.dit_lora_targets,
         mask_vae_lora_rank=mask_rank,
         mask_vae_lora_alpha=mask_alpha,
+        sampling=dict(AUTHORS_SAMPLING),
         extra={"imported_from": "authors' checkpoint folder", "folder": folder.name, "weights": weights_from},
     )
     return LayerT2VAdapter(config, dit_state, mask_state, source=str(folder))

@@ -14,6 +14,7 @@ Entry points (each returns the dict unchanged when it is valid, raises SchemaErr
                                            header, or a diffusers folder's config.json)
     check_vae_config(config, where)        Wan VAE config (same places)
     check_layert2v_config(config, where)   our layert2v_config.json / the adapter file's header
+    check_sampling_settings(config, where) its `sampling` block, or the base model's sampling.json
     check_peft_config(config, where)       the authors' adapter_config.json (PEFT LoraConfig)
     check_mask_lora_config(config, where)  the `config` dict inside the authors' mask_vae_lora.pt
 
@@ -164,6 +165,18 @@ TRAINED_VAE_FIELDS = {TRAINED_SPACE_KEY: Field(_int(1, 64)), TRAINED_TIME_KEY: F
 ROUTING_PRESETS = ("paper", "official", "all")        # layout.ROUTING_PRESETS (checked by a test)
 ROPE_MODES = ("continuous", "per_segment")            # config.ROPE_MODES
 TEXT_PADDING_MODES = ("attend", "mask")               # config.TEXT_PADDING_MODES
+SAMPLING_DTYPES = ("bf16", "fp16", "fp32")            # weights.loading.DTYPES
+
+# The settings a model is sampled at (recommended.SamplingSettings); every key optional in a checkpoint.
+SAMPLING_FIELDS = {
+    "width": Field(_int(16, 4096)),
+    "height": Field(_int(16, 4096)),
+    "frames": Field(_int(1, 1025)),
+    "steps": Field(_int(1, 1000)),
+    "cfg": Field(_number(0.0, 100.0, lo_open=True)),
+    "shift": Field(_number(0.0, 100.0, lo_open=True)),
+    "dtype": Field(_choice(*SAMPLING_DTYPES)),
+}
 
 LAYERT2V_FIELDS = {
     "max_foregrounds": Field(_int(1, MAX_FOREGROUNDS)),
@@ -176,6 +189,7 @@ LAYERT2V_FIELDS = {
     "dit_lora_targets": Field(_list(_str(), 1, 64, "module name")),
     "mask_vae_lora_rank": Field(_int(1, MAX_LORA_RANK)),
     "mask_vae_lora_alpha": Field(_number(0.0, 1e6, lo_open=True)),
+    "sampling": Field(lambda v: None if isinstance(v, dict) else "a JSON object of sampling settings"),
     "extra": Field(_any_dict),
 }
 
@@ -291,10 +305,15 @@ def _check_vae_compression(config: dict, mult: list, down: list, where: str) -> 
 
 def check_layert2v_config(config: Any, where: str) -> dict:
     _check(config, LAYERT2V_FIELDS, where, "LayerT2V config", closed=True)
+    check_sampling_settings(config.get("sampling", {}), where)
     extra = config.get("extra") or {}
     check_latent_stats(extra.get("latents_mean"), extra.get("latents_std"), where)
     _check(extra, TRAINED_VAE_FIELDS, where, "LayerT2V config extra", closed=False)
     return config
+
+
+def check_sampling_settings(config: Any, where: str) -> dict:
+    return _check(config, SAMPLING_FIELDS, where, "sampling setting", closed=True)
 
 
 def check_latent_stats(mean: Any, std: Any, where: str, channels: int | None = None) -> None:
@@ -325,6 +344,7 @@ def check_mask_lora_config(config: Any, where: str) -> dict:
 
 
 __all__ = [
-    "SchemaError", "check_dit_config", "check_vae_config", "check_layert2v_config", "check_peft_config",
+    "SchemaError", "check_dit_config", "check_vae_config", "check_layert2v_config", "check_sampling_settings",
+    "check_peft_config",
     "check_mask_lora_config", "check_latent_stats", "estimate_dit_parameters", "MAX_DIT_PARAMETERS",
 ]

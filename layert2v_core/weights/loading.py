@@ -13,6 +13,7 @@ from ..config import LayerT2VConfig
 from ..dit import LayeredWanTransformer
 from ..mask_vae import MaskVAE
 from ..model_geometry import check_pair, set_source
+from ..recommended import SamplingSettings
 from ..text import TextEncoder
 from ..vae_io import denormalize_latent, normalize_latent
 from .checkpoint import load_checkpoint
@@ -26,6 +27,11 @@ def parse_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"dtype={name!r} is not valid: choose one of {', '.join(DTYPES)}")
     return DTYPES[name]
+
+
+def model_dtype(name: str, config: LayerT2VConfig) -> str:
+    """`name`, or for "auto" the dtype the checkpoint is meant to run in (recommended.py)."""
+    return SamplingSettings.of(config).fill(dtype=name)["dtype"]
 
 
 @dataclass
@@ -42,15 +48,17 @@ class LayerVAE:
         return normalize_latent(latent, self.vae)
 
 
-def load_layered_dit(dit_path: str | Path, adapter_path: Optional[str | Path] = None, dtype: str = "bf16",
+def load_layered_dit(dit_path: str | Path, adapter_path: Optional[str | Path] = None, dtype: str = "auto",
                      device: str = "cpu", use_ema: bool = False) -> LayeredWanTransformer:
     """Wan2.1 DiT file + LayerT2V adapter -> LayeredWanTransformer (eval mode). use_ema: the EMA
-    weights of an authors' checkpoint folder instead of its adapter weights."""
+    weights of an authors' checkpoint folder instead of its adapter weights. dtype "auto": the
+    adapter config's recommended one (the base model's bf16 when it names none)."""
     adapter = load_checkpoint(adapter_path, use_ema=use_ema) if adapter_path else None
     if adapter is None:
         warnings.warn("no LayerT2V adapter given: the DiT runs with zero LayerAdaLN and no LoRA (untrained layers)")
-    base = load_wan_transformer(dit_path, dtype=parse_dtype(dtype), device=device)
-    dit = LayeredWanTransformer(base, adapter.config if adapter else LayerT2VConfig())
+    config = adapter.config if adapter else LayerT2VConfig()
+    base = load_wan_transformer(dit_path, dtype=parse_dtype(model_dtype(dtype, config)), device=device)
+    dit = LayeredWanTransformer(base, config)
     if adapter is not None:
         adapter.apply(dit)  # adds the LoRA layers itself when the adapter carries LoRA tensors
     set_source(dit, dit=dit_path, adapter=adapter_path)

@@ -25,6 +25,11 @@ def _is_widget(spec: list) -> bool:
     return isinstance(kind, list) or kind in WIDGET_TYPES
 
 
+def widget_names(info: dict) -> list[str]:
+    """A node's widget inputs in the order its widgets_values hold them (a seed's control not counted)."""
+    return [name for name, spec in _input_specs(info) if _is_widget(spec)]
+
+
 def ui_to_api(workflow: dict, object_info: dict) -> dict:
     links = {link[0]: link for link in workflow["links"]}
     api = {}
