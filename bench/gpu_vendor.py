@@ -75,6 +75,14 @@ def _importable(name: str) -> bool:
         return False
 
 
+def add_placeholders(names) -> list[str]:
+    """Inert placeholders for the packages of `names` this machine lacks; returns those."""
+    missing = [name for name in names if not _importable(name)]
+    if missing:
+        sys.meta_path.append(_PlaceholderFinder(missing))
+    return missing
+
+
 def ensure_imports() -> dict:
     """Set up sys.path / placeholders; returns what was done, for the benchmark's header."""
     done = {}
@@ -93,9 +101,8 @@ def ensure_imports() -> dict:
     if target is not None:
         sys.path.insert(0, str(target))
         importlib.invalidate_caches()
-    missing = [name for name in PLACEHOLDER_PACKAGES if not _importable(name)]
+    missing = add_placeholders(PLACEHOLDER_PACKAGES)
     if missing:
-        sys.meta_path.append(_PlaceholderFinder(missing))
         done["placeholders"] = missing
     import diffusers
 

@@ -1,7 +1,7 @@
 """The pack's models under ComfyUI's model management, in real ComfyUI 0.30.0 and 0.3.75 servers (--cpu).
 
 Seen from inside the server (tests/memory_probe_pack): after our workflow our DiT and text encoder sit
-in current_loaded_models beside a stock model (ComfyUI's own upscale-model loader on a tiny file), with
+in current_loaded_models beside a stock model (ComfyUI 0.30.0's own upscale-model nodes on a tiny file), with
 the devices ComfyUI's policy gives that kind of model under the server's flags; the VAE went through
 load_models_gpu and left after decoding; "Unload Models" (POST /free unload_models) takes ours out as it
 takes the stock one out, and the next run loads them again; "Free model and node cache" lets every
@@ -57,6 +57,7 @@ def start_server(tmp_path_factory, version: str, *flags: str) -> ComfyServer:
 @pytest.fixture(scope="module", params=["0.30.0", "0.3.75"])
 def server(request, tmp_path_factory, test_output_dir):
     server = start_server(tmp_path_factory, request.param)
+    server.version = request.param
     try:
         yield server
     finally:
@@ -112,9 +113,10 @@ def test_our_models_are_managed_as_stock_ones_and_unload_models_releases_them(se
     run(server, with_stock_model(our_workflow(server)))
     state = loaded(server)
     models = by_model(state)
-    assert {"LayerT2VDiT", "LayerT2VTextEncoder", "SRVGGNetCompact"} <= set(models), state["models"]
-    stock = models["SRVGGNetCompact"]
-    assert stock["patcher"] == "ModelPatcher" and stock["loaded_bytes"] == stock["size"] > 0
+    assert {"LayerT2VDiT", "LayerT2VTextEncoder"} <= set(models), state["models"]
+    if server.version != "0.3.75":  # 0.3.75's upscale node still moved its model itself, unlisted
+        stock = models["SRVGGNetCompact"]
+        assert stock["patcher"] == "ModelPatcher" and stock["loaded_bytes"] == stock["size"] > 0
     policy = state["policy"]
     dit, text_encoder = models["LayerT2VDiT"], models["LayerT2VTextEncoder"]
     assert (dit["load_device"], dit["offload_device"]) == (policy["torch_device"], policy["unet_offload_device"])

@@ -88,15 +88,24 @@ print(json.dumps({"measured": m.delta, "estimated": pipe.last_memory_estimate.ne
 """
 
 
-@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists() or sys.platform != "linux",
-                    reason="peak RSS is measured through /proc (Linux)")
-def test_estimate_matches_the_measured_peak_within_a_factor_1_5():
-    result = subprocess.run([sys.executable, "-c", MEASURE, str(ROOT)], capture_output=True, text=True,
-                            timeout=300, env={**os.environ, "OMP_NUM_THREADS": "2"})
+PEAK_RSS = pytest.mark.skipif(not Path("/proc/self/clear_refs").exists() or sys.platform != "linux",
+                              reason="peak RSS is measured through /proc (Linux)")
+
+
+def measured(script: str, timeout: float) -> dict:
+    """The numbers a measuring script prints as its last line, run in a fresh process."""
+    result = subprocess.run([sys.executable, "-c", script, str(ROOT)], capture_output=True, text=True,
+                            timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "2"})
     assert result.returncode == 0, result.stderr[-2000:]
     numbers = json.loads(result.stdout.strip().splitlines()[-1])
     if not numbers["exact"]:
         pytest.skip("this kernel does not let a process reset its peak RSS")
+    return numbers
+
+
+@PEAK_RSS
+def test_estimate_matches_the_measured_peak_within_a_factor_1_5():
+    numbers = measured(MEASURE, timeout=300)
     ratio = numbers["estimated"] / numbers["measured"]
     assert numbers["measured"] > 200 * 2 ** 20  # the activations dominate the noise of the allocator
     assert 1 / 1.5 <= ratio <= 1.5, numbers
@@ -235,15 +244,9 @@ print(json.dumps({"decode": decode.delta, "encode": encode.delta, "exact": decod
 """
 
 
-@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists() or sys.platform != "linux",
-                    reason="peak RSS is measured through /proc (Linux)")
+@PEAK_RSS
 def test_vae_estimate_matches_the_measured_peak_of_the_wan21_vae():
-    result = subprocess.run([sys.executable, "-c", VAE_MEASURE, str(ROOT)], capture_output=True, text=True,
-                            timeout=600, env={**os.environ, "OMP_NUM_THREADS": "2"})
-    assert result.returncode == 0, result.stderr[-2000:]
-    numbers = json.loads(result.stdout.strip().splitlines()[-1])
-    if not numbers["exact"]:
-        pytest.skip("this kernel does not let a process reset its peak RSS")
+    numbers = measured(VAE_MEASURE, timeout=600)
     assert numbers["decode"] > 100 * 2 ** 20   # 5 frames of 128x128: activations well above allocator noise
     assert 1 / 1.5 <= numbers["decode"] / numbers["estimated"] <= 1.5, numbers
     assert numbers["encode"] <= numbers["estimated"], numbers
