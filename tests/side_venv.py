@@ -1,6 +1,6 @@
 """Virtual environments of their own, for tests that must not touch the project venv: comfy-cli, and an
 artist's shared environment. Each is built once under .cache/envs/<name> and rebuilt when its recipe
-changes (the pip commands, and the content of every file they name).
+changes (the pip arguments, and the content of every file they name).
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ def side_venv(name: str, installs: list[list[str]]) -> Path:
 
 
 def _fingerprint(arg: str) -> str:
+    """A file by its content only: every checkout (main tree, worktrees, CI's clone) shares the venv."""
     path = Path(arg)
-    return f"{arg}#sha256={hashlib.sha256(path.read_bytes()).hexdigest()}" if path.is_file() else arg
+    return f"file:sha256={hashlib.sha256(path.read_bytes()).hexdigest()}" if path.is_file() else arg
 
 
 def _run(command: list[str], what: str) -> None:
