@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -33,8 +34,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_errors_module():
-    """nodes/errors.py on its own: nodes/__init__.py imports ComfyUI, this module does not."""
-    spec = importlib.util.spec_from_file_location("layert2v_node_errors", ROOT / "nodes" / "errors.py")
+    """nodes/errors.py on its own: nodes/__init__.py imports ComfyUI, this module does not. It imports the
+    core package-relatively (`..layert2v_core`), as it runs inside ComfyUI; the pack's name is aliased to
+    the modules already imported here, so its exception classes are the ones the tests catch."""
+    import layert2v_core.export.atomic  # noqa: F401  (loaded before aliasing)
+
+    sys.modules.setdefault("layert2v_pack", types.ModuleType("layert2v_pack")).__path__ = [str(ROOT)]
+    for name in [m for m in sys.modules if m == "layert2v_core" or m.startswith("layert2v_core.")]:
+        sys.modules["layert2v_pack." + name] = sys.modules[name]
+    spec = importlib.util.spec_from_file_location("layert2v_pack.nodes.errors", ROOT / "nodes" / "errors.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -1,6 +1,7 @@
 """The server's websocket messages (progress, executing, execution_interrupted, ...; a preview image as
 kind "binary") as the frontend receives them, each with the moment it arrived. aiohttp is ComfyUI's own requirement, so it is there
-whenever a server is."""
+whenever a server is; it is imported when a listener runs, not at collection (a fresh venv gets the host
+requirements only when the first server test installs them)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ import asyncio
 import json
 import threading
 import time
-
-import aiohttp
 
 
 class EventListener:
@@ -64,6 +63,8 @@ class EventListener:
             self._loop.close()
 
     async def _listen(self) -> None:
+        import aiohttp
+
         async with aiohttp.ClientSession() as session:
             async with session.ws_connect(self.url, heartbeat=30) as ws:
                 self._connected.set()
