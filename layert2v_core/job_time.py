@@ -68,13 +68,16 @@ def planned_forwards(config: SamplerConfig, guided: bool) -> int:
 def measure_rate(device, dtype: torch.dtype, shape: DiTShape, seconds: float = CALIBRATION_SECONDS,
                  clock=time.perf_counter) -> float:
     """FLOP/s of an FFN-shaped matmul (rows x d @ d x F) on `device` in `dtype`: rows grown until one
-    product takes about a millisecond (or MAX_CALIBRATION_ROWS), then the fastest of CALIBRATION_TRIALS
+    product takes about a millisecond (from 1024 rows, up to MAX_CALIBRATION_ROWS), then the fastest of CALIBRATION_TRIALS
     runs of about `seconds` / CALIBRATION_TRIALS each. The fastest, because a busy machine can stall
     a short run for longer than it lasts: the estimate leans fast, so only a job that is too long
     even then is refused. `clock`: wall time (what the user waits); time.process_time gives CPU seconds."""
     device = torch.device(device)
     weight = torch.randn(shape.dim, shape.ffn_dim, device=device, dtype=dtype)
-    rows = 16
+    # From 1024 rows, not a handful: a tiny product that one stall (first call, a busy machine) pushes past
+    # a millisecond would stop the growth there and measure per-call overhead as the rate (seen: 400x
+    # too slow on a server's first job, which was then refused).
+    rows = 1024
     while True:
         x = torch.randn(rows, shape.dim, device=device, dtype=dtype)
         one = min(_timed(lambda: x @ weight, device, clock, repeats=1) for _ in range(3))
