@@ -10,8 +10,9 @@ einops, scipy, comfy-aimdo, torchvision) get inert placeholders when the machine
 missing comfy-kitchen takes ComfyUI's own no-kitchen path; each scenario's header names them.
 
 Each scenario is a fresh process, because ComfyUI reads its launch flags once, at import:
-- stock-first: a stock model (ComfyUI's own ModelPatcher over comfy.ops layers, as its loaders build)
-  is loaded first and sized so that ours cannot fit beside it; then our workflow, through the same
+- stock-first: a stock model (8.6 GB; ComfyUI's own ModelPatcher over comfy.ops layers, as its loaders
+  build) is loaded first, with --reserve-vram set from this GPU's free memory so that ours cannot fit
+  beside it (any card size, no 80 GB stock model); then our workflow, through the same
   calls the nodes make (nodes/model_management.py, the core pipeline): our text encoder encodes, the
   DiT samples, the VAE decodes. ComfyUI must evict (part of) the stock model for our DiT; the VAE
   must leave after decoding; "Unload Models" (unload_all_models) must give the VRAM back.
@@ -51,6 +52,7 @@ from _common import GIB, machine, table  # noqa: E402
 SCENARIOS = ("stock-first", "reserve", "novram")
 PROMPTS = dict(full="a red circle moving right over blue stripes", background="blue stripes",
                foregrounds=["a red circle moving right"])
+STOCK_LAYERS, STOCK_WIDTH = 64, 8192   # the stock model: 8.6 GB of bf16 weights
 TEXT_LEN = 64  # the tiny tokenizer spells unknown words letter by letter: room for the prompts above
 SIZE = dict(frames=17, height=256, width=448, steps=4)
 DRY_SIZE = dict(frames=5, height=32, width=32, steps=2)
@@ -170,11 +172,15 @@ def worker(scenario: str, comfy_dir: Path, dry: bool) -> dict:
     working = estimate.activations + estimate.latents
     dit_bytes = sum(p.numel() * p.element_size() for p in model.dit.parameters())
 
+    stock_layers, stock_width = (2, 64) if dry else (STOCK_LAYERS, STOCK_WIDTH)
+    stock_bytes = stock_layers * stock_width ** 2 * 2
     flags = {"cpu": dry}
     if scenario == "novram":
         flags["novram"] = True
-    if scenario == "reserve" and cuda:  # leaves room for about half the DiT beside the working memory
+    if cuda and scenario == "reserve":  # what is left holds about half the DiT beside the working memory
         flags["reserve_vram"] = max(0.0, (free_at_start - working - dit_bytes // 2) / GIB)
+    if cuda and scenario == "stock-first":  # the same, with the stock model in it too: it must make room
+        flags["reserve_vram"] = max(0.0, (free_at_start - stock_bytes - working - dit_bytes // 2) / GIB)
     mm, comfy, models, placeholders = import_comfy(comfy_dir, flags)
     models.manage_dit(model)
     models.manage_vae(layer_vae)
@@ -202,14 +208,10 @@ def worker(scenario: str, comfy_dir: Path, dry: bool) -> dict:
 
     baseline = stock_loaded = snapshot("start")
     if scenario == "stock-first":
-        width = 64 if dry else 8192
-        layer_gb = width * width * 2 / GIB
-        room = (free_at_start - dit_bytes - working - mm.minimum_inference_memory()) / GIB if cuda else 0.0
-        layers = 2 if dry else max(1, int((room + dit_bytes / GIB * 0.5) / layer_gb))  # ours can't fit beside it
-        stock = comfy.model_patcher.ModelPatcher(Stock(comfy.ops, layers, width), load_device=device,
+        stock = comfy.model_patcher.ModelPatcher(Stock(comfy.ops, stock_layers, stock_width), load_device=device,
                                                  offload_device=mm.unet_offload_device())
         mm.load_models_gpu([stock])
-        stock_loaded = snapshot(f"stock model loaded ({layers} x {width}^2 bf16)")
+        stock_loaded = snapshot(f"stock model loaded ({stock_layers} x {stock_width}^2 bf16)")
 
     models.load([encoder])
     conditioning = encode_conditioning(prompts, encoder=encoder)

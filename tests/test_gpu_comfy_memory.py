@@ -29,7 +29,7 @@ def test_dry_run_lists_our_models_through_each_step_on_the_gpu_machines_packages
     report = json.loads(out.read_text())
     assert report["failed"] == []
     (result,) = report["results"]
-    assert "PIL" in result["placeholders"] and "comfy_aimdo" in result["placeholders"]
+    assert report["vendor"]["placeholders"] == ["PIL"] and "comfy_aimdo" in result["placeholders"]
     steps = {row["step"].split(" (")[0]: [m["name"] for m in row["models"]] for row in result["rows"]}
     assert steps["stock model loaded"] == ["Stock"]
     assert steps["DiT loaded for sampling"] == ["LayerT2VDiT", "LayerT2VTextEncoder", "Stock"]
