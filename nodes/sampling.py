@@ -26,8 +26,6 @@ from .types import CATEGORY, LayerConditioning, LayerModel
 LAYOUT_KEY = "layert2v_layout"   # stored in the LATENT dict next to "samples"
 GENERATION_KEY = "layert2v_generation"  # prompts and settings, carried to the export manifest
 PREVIEW_MAX_SIZE = 512
-
-
 MODEL_DEFAULT = "0 = the loaded model's own (its checkpoint config)"
 BLOCK_PROGRESS_SECONDS = 0.25  # at most this often a progress message between step previews
 

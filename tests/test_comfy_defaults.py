@@ -18,6 +18,7 @@ PROMPTS = {"full": "a red circle moving right over blue stripes", "background": 
 SAMPLER = "5"
 PROGRESS_SECONDS = 60      # the issue: progress within a minute
 JOB_SECONDS = 1200         # generous: this machine's cores are shared with training runs
+REFUSAL_SECONDS = 300      # a refusal comes before the first step: load the tiny model, encode, estimate
 
 
 def schema_defaults(info: dict) -> dict:
@@ -59,7 +60,6 @@ def test_a_fresh_sampler_runs_at_the_models_settings_and_shows_progress_within_a
     """Every node at its schema defaults on the default loaders (the built-in demo model): the sampler's
     first progress (a DiT block done) within a minute of it starting, and the layer set made at the
     settings the demo's checkpoint config recommends (read here from the file)."""
-    recommended = json.loads(DEMO_CONFIG.read_text())["sampling"]
     before = set(comfy_server.output_dir.rglob("layers.json"))
     with EventListener(comfy_server) as events:
         queued = time.monotonic()
@@ -68,13 +68,15 @@ def test_a_fresh_sampler_runs_at_the_models_settings_and_shows_progress_within_a
         assert started is not None, "the sampler did not start"
         first = events.wait_for("progress", PROGRESS_SECONDS,
                                 lambda d: d.get("prompt_id") == prompt_id and d.get("node") == SAMPLER and d["value"] >= 1)
+        if first is None:
+            comfy_server.interrupt()
         entry = comfy_server.wait(prompt_id, timeout=JOB_SECONDS)
+    assert first is not None, f"no sampler progress within {PROGRESS_SECONDS} s of the sampler starting"
     assert entry["status"]["status_str"] == "success", error_line(entry)
-    assert first is not None and first[0] - started[0] <= PROGRESS_SECONDS, \
-        f"no sampler progress within {PROGRESS_SECONDS} s of the sampler starting"
     print(f"\nsampler started {started[0] - queued:.1f} s after Run; first progress {first[0] - started[0]:.1f} s "
           f"later ({first[1]['value']}/{first[1]['max']})")
 
+    recommended = json.loads(DEMO_CONFIG.read_text())["sampling"]
     (manifest_path,) = set(comfy_server.output_dir.rglob("layers.json")) - before
     manifest = json.loads(manifest_path.read_text())
     used = manifest["metadata"]
@@ -85,52 +87,54 @@ def test_a_fresh_sampler_runs_at_the_models_settings_and_shows_progress_within_a
 
 
 def test_cancel_stops_the_sampler_within_a_block_not_at_the_end_of_a_step(comfy_server):
-    """Cancel right after a step ends, when a check at step ends waits the longest (a whole step). The
-    demo DiT has 6 blocks: stopping within one block takes about a sixth of a step. Measured against
-    the step just before, so a busy machine slows both alike."""
+    """Cancel right after a step's preview arrives, when a check at step ends waits the longest (about a
+    step). The demo DiT has 6 blocks: stopping within one block takes about a sixth of a step. Measured
+    against the step just before, so a busy machine slows both alike."""
     api = fresh_graph(comfy_server)
-    api[SAMPLER]["inputs"].update(width=128, height=128, frames=17, steps=40)
+    api[SAMPLER]["inputs"].update(width=192, height=192, frames=17, steps=40)
     with EventListener(comfy_server) as events:
         prompt_id = comfy_server.queue_prompt(api)
-        steps = []  # arrival of each step's preview image
+        previews = []  # arrival of each step's preview image
         deadline = time.monotonic() + JOB_SECONDS
-        while len(steps) < 3 and time.monotonic() < deadline:
-            steps = [at for at, _ in events.of_kind("binary")]
+        while len(previews) < 2 and time.monotonic() < deadline:
+            previews = [at for at, _ in events.of_kind("binary")]
             time.sleep(0.01)
-        assert len(steps) >= 3, "the sampler did not finish three steps"
+        assert len(previews) >= 2, "the sampler did not finish two steps"
         comfy_server.interrupt()
         asked = time.monotonic()
         stopped = events.wait_for("execution_interrupted", JOB_SECONDS, lambda d: d.get("prompt_id") == prompt_id)
         entry = comfy_server.wait(prompt_id, timeout=JOB_SECONDS)
     assert stopped is not None and entry["status"]["status_str"] == "error"
-    step_seconds, latency = steps[2] - steps[1], stopped[0] - asked
+    step_seconds, latency = previews[1] - previews[0], stopped[0] - asked
     print(f"\na step took {step_seconds:.2f} s; cancel took effect {latency:.2f} s after POST /interrupt")
     assert latency < step_seconds / 2
 
 
 def test_a_job_this_machine_cannot_finish_is_refused_up_front_with_its_estimate(comfy_server):
-    """The tiny test checkpoint names no settings of its own, so a fresh Sampler takes Wan2.1-1.3B's:
-    832x480, 81 frames, 50 steps, CFG 5. On this CPU that is hours: refused before the first block,
-    in one line that names the node, the estimate and what to lower."""
+    """The tiny test checkpoint names no settings of its own, so a fresh Sampler takes Wan2.1-1.3B's size:
+    832x480, 81 frames. At the most steps the node allows (1000, CFG: 2000 forwards of 4.4 TFLOP) no
+    CPU finishes that within the hour: refused before the first block, in one line that names the
+    node, the estimate and what to lower."""
     info = comfy_server.object_info()
     encoders = info["LayerT2VLoadTextEncoder"]["input"]["required"]["folder"]
     tiny_encoder = next(name for name in schema_choices(encoders) if name.startswith("tiny"))
     api = fresh_graph(comfy_server, text_encoder_folder=tiny_encoder)
     api["1"]["inputs"].update(dit_name="tiny_wan_dit.safetensors", adapter_name="tiny_layert2v")
+    api[SAMPLER]["inputs"]["steps"] = 1000
     # 4 layers (K=1) x 21 latent frames ((81 - 1) / 4 + 1) x (480 / 16) x (832 / 16) tokens: VAE 8x, patch 2x2
     tokens = 4 * 21 * (480 // 16) * (832 // 16)
     with EventListener(comfy_server) as events:
         start = time.monotonic()
         prompt_id = comfy_server.queue_prompt(api)
         try:
-            entry = comfy_server.wait(prompt_id, timeout=JOB_SECONDS)
+            entry = comfy_server.wait(prompt_id, timeout=REFUSAL_SECONDS)
         finally:
-            comfy_server.interrupt()  # today's code would run it for hours
+            comfy_server.interrupt()  # today's code would run it for days
     message = error_line(entry)
     print(f"\nrefused after {time.monotonic() - start:.1f} s: {message}")
     assert entry["status"]["status_str"] == "error" and "\n" not in message
     assert message.startswith("LayerT2V Layered Sampler: this job would take about ")
-    assert f"(50 steps, 100 DiT forwards over {tokens} tokens" in message
+    assert f"(1000 steps, 2000 DiT forwards over {tokens} tokens" in message
     assert "lower steps, width/height or frames" in message and "LAYERT2V_MAX_MINUTES" in message
     assert not [d for _, d in events.of_kind("progress") if d.get("node") == SAMPLER and d["value"] > 0]
 
