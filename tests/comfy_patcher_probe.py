@@ -29,7 +29,18 @@ def main(comfy_dir: str, out_path: str) -> None:
 
     sys.path.insert(0, str(REPO))
     # By file: ComfyUI's own top-level `nodes` module is on the path, so our package name is taken.
-    spec = importlib.util.spec_from_file_location("layert2v_comfy_models", REPO / "nodes" / "model_management.py")
+    # nodes/model_management.py imports the core package-relatively, as inside ComfyUI: load it under a
+    # pack name whose core is the top-level layert2v_core imported here (one copy of every class).
+    import types
+
+    import layert2v_core.memory  # noqa: F401
+    import layert2v_core.offload  # noqa: F401
+
+    sys.modules.setdefault("layert2v_pack", types.ModuleType("layert2v_pack")).__path__ = [str(REPO)]
+    for name in [m for m in sys.modules if m == "layert2v_core" or m.startswith("layert2v_core.")]:
+        sys.modules["layert2v_pack." + name] = sys.modules[name]
+    spec = importlib.util.spec_from_file_location("layert2v_pack.nodes.model_management",
+                                                  REPO / "nodes" / "model_management.py")
     models = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(models)
     from layert2v_core.config import LayerT2VConfig
