@@ -137,19 +137,9 @@ def import_comfy(comfy_dir: Path, flags: dict):
     import comfy.model_patcher
     import comfy.ops
 
-    # Its core imports are package-relative (as inside ComfyUI): a pack name whose core is the top-level one.
-    import types
+    from tools.pack_module import load_node_module
 
-    import layert2v_core.memory  # noqa: F401
-    import layert2v_core.offload  # noqa: F401
-
-    sys.modules.setdefault("layert2v_pack", types.ModuleType("layert2v_pack")).__path__ = [str(ROOT)]
-    for name in [m for m in sys.modules if m == "layert2v_core" or m.startswith("layert2v_core.")]:
-        sys.modules["layert2v_pack." + name] = sys.modules[name]
-    spec = importlib.util.spec_from_file_location("layert2v_pack.nodes.model_management",
-                                                  ROOT / "nodes" / "model_management.py")
-    models = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(models)  # by file: ComfyUI's own `nodes` module owns that name here
+    models = load_node_module("model_management", ("layert2v_core.memory", "layert2v_core.offload"))
     return mm, comfy, models, placeholders
 
 

@@ -10,7 +10,6 @@ On the CPU every move is a no-op copy, so this checks the bookkeeping ComfyUI re
 model computes the same in every state, not the transfers (bench/gpu_comfy_memory.py measures those).
 """
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -29,20 +28,9 @@ def main(comfy_dir: str, out_path: str) -> None:
 
     sys.path.insert(0, str(REPO))
     # By file: ComfyUI's own top-level `nodes` module is on the path, so our package name is taken.
-    # nodes/model_management.py imports the core package-relatively, as inside ComfyUI: load it under a
-    # pack name whose core is the top-level layert2v_core imported here (one copy of every class).
-    import types
+    from tools.pack_module import load_node_module
 
-    import layert2v_core.memory  # noqa: F401
-    import layert2v_core.offload  # noqa: F401
-
-    sys.modules.setdefault("layert2v_pack", types.ModuleType("layert2v_pack")).__path__ = [str(REPO)]
-    for name in [m for m in sys.modules if m == "layert2v_core" or m.startswith("layert2v_core.")]:
-        sys.modules["layert2v_pack." + name] = sys.modules[name]
-    spec = importlib.util.spec_from_file_location("layert2v_pack.nodes.model_management",
-                                                  REPO / "nodes" / "model_management.py")
-    models = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(models)
+    models = load_node_module("model_management", ("layert2v_core.memory", "layert2v_core.offload"))
     from layert2v_core.config import LayerT2VConfig
     from layert2v_core.dit import LayeredWanTransformer
     from layert2v_core.layout import LayerLayout

@@ -8,7 +8,6 @@ file behind. The same inputs go through the real server in tests/test_fuzz_serve
 from __future__ import annotations
 
 import errno
-import importlib.util
 import io
 import json
 import os
@@ -16,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 
 import pytest
@@ -34,18 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_errors_module():
-    """nodes/errors.py on its own: nodes/__init__.py imports ComfyUI, this module does not. It imports the
-    core package-relatively (`..layert2v_core`), as it runs inside ComfyUI; the pack's name is aliased to
-    the modules already imported here, so its exception classes are the ones the tests catch."""
-    import layert2v_core.export.atomic  # noqa: F401  (loaded before aliasing)
+    """nodes/errors.py on its own: nodes/__init__.py imports ComfyUI, this module does not."""
+    from tools.pack_module import load_node_module
 
-    sys.modules.setdefault("layert2v_pack", types.ModuleType("layert2v_pack")).__path__ = [str(ROOT)]
-    for name in [m for m in sys.modules if m == "layert2v_core" or m.startswith("layert2v_core.")]:
-        sys.modules["layert2v_pack." + name] = sys.modules[name]
-    spec = importlib.util.spec_from_file_location("layert2v_pack.nodes.errors", ROOT / "nodes" / "errors.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_node_module("errors", ("layert2v_core.export.atomic",))
 
 
 errors = load_errors_module()
